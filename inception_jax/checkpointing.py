@@ -1,0 +1,98 @@
+"""The one place that knows orbax: run checkpoints (train state) and weight files.
+
+A run checkpoint holds the whole train state (params, batch stats, optimizer
+state, EMA, step); the data stream is step-indexed, so the step alone continues
+it. Orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a save cut short never replaces the last good one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory that cannot be read as what it should hold."""
+
+
+def _abstract(tree: Any) -> Any:
+  """Shapes, dtypes and shardings of `tree`: the restore target (any device count)."""
+  def leaf(x):
+    sharding = getattr(x, 'sharding', None)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return jax.tree.map(leaf, tree)
+
+
+class RunCheckpoints:
+  """Periodic async saves of a train state with keep-N, restore of the newest one."""
+
+  def __init__(self, directory: str, *, every_steps: int, max_to_keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, every_steps), max_to_keep=max_to_keep, create=True,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def restore(self, template: Any, step: int | None = None) -> Any:
+    """Restores `step` (default: the newest complete one) into the structure of `template`."""
+    step = self.latest_step() if step is None else step
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
+    except Exception as e:  # orbax raises many kinds; the user needs the directory.
+      raise CheckpointError(
+          f'cannot restore step {step} from {self.directory}: {type(e).__name__}: {e}. '
+          'It is corrupt or was written by a different model/config; move it away or '
+          'use another --workdir.') from e
+
+  def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Saves asynchronously when `step` is due (or `force`); returns whether it saved."""
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process once a preemption notice (SIGTERM) has been received."""
+    return self._manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def save_variables(directory: str, variables: dict[str, Any]) -> None:
+  """Writes model variables (`params`, `batch_stats`) as one orbax checkpoint."""
+  directory = os.path.abspath(directory)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(directory, variables, force=True)
+  checkpointer.wait_until_finished()
+  logging.info('Wrote variables to %s', directory)
+
+
+def load_variables(directory: str, template: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Reads variables written by `save_variables` (or a run's checkpoint step dir).
+
+  With `template` (e.g. `jax.eval_shape` of `model.init`), leaves come back with its
+  shapes and shardings; without it, as stored.
+  """
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'no checkpoint directory at {directory}')
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    if template is None:
+      return checkpointer.restore(directory)
+    return checkpointer.restore(directory, _abstract(template))
+  except Exception as e:
+    raise CheckpointError(f'cannot read variables from {directory}: {type(e).__name__}: {e}') from e

@@ -1,0 +1,79 @@
+"""The model zoo: `create_model(name, ...)` builds any of the four networks."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any
+
+import jax.numpy as jnp
+
+from inception_jax.models.networks import (ARCHS, MIN_IMAGE_SIZE, VARIANTS, Inception,
+                                           check_repeats, stack_repeats, unstack_repeats)
+
+__all__ = ['ARCHS', 'VARIANTS', 'MIN_IMAGE_SIZE', 'Inception', 'create_model', 'model_options',
+           'stack_repeats', 'unstack_repeats']
+
+_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def model_options() -> tuple[str, ...]:
+  """The keyword options `create_model` accepts."""
+  return tuple(f.name for f in dataclasses.fields(Inception)
+               if f.name not in ('arch', 'parent', 'name'))
+
+
+def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> Inception:
+  """Returns the network `name` as a Flax module.
+
+  Args:
+    name: one of `ARCHS`.
+    num_classes: size of the classifier.
+    **overrides: any of `model_options()`: `variant` ('paper' or 'slim'),
+      `residual_scale` (a float or one per grid: 35x35, 17x17, 8x8), `use_residual`,
+      `width_multiplier`, `repeats` (A, B, C block counts), `bn_scale`, `bn_momentum`,
+      `bn_epsilon`, `aux_logits`, `dropout_rate`, `dtype`, `scan_blocks`, `remat`,
+      `conv1x1_as_dot`.
+
+  Raises:
+    ValueError: for an unknown name or option, or an option value out of range.
+  """
+  if name not in ARCHS:
+    raise ValueError(f'unknown model {name!r}; valid models: {", ".join(ARCHS)}')
+  unknown = sorted(set(overrides) - set(model_options()))
+  if unknown:
+    raise ValueError(f'unknown model option(s) {", ".join(unknown)}; valid options: '
+                     f'{", ".join(model_options())}')
+  options = dict(overrides)
+  variant = options.get('variant', 'slim')
+  if variant not in VARIANTS:
+    raise ValueError(f'variant={variant!r} is invalid; valid variants: {", ".join(VARIANTS)}')
+  if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+    raise ValueError(f'num_classes={num_classes!r} must be a positive integer')
+  _check_positive('width_multiplier', options.get('width_multiplier', 1.0))
+  scale = options.get('residual_scale', 1.0)
+  scales = (scale,) if isinstance(scale, numbers.Real) else tuple(scale)
+  if len(scales) not in (1, 3):
+    raise ValueError(f'residual_scale={scale!r} must be one float or three (35x35, 17x17, '
+                     '8x8 grids)')
+  for s in scales:
+    _check_positive('residual_scale', s)
+  if 'residual_scale' in options and not isinstance(scale, numbers.Real):
+    options['residual_scale'] = tuple(float(s) for s in scales)
+  if 'repeats' in options and options['repeats'] is not None:
+    check_repeats(options['repeats'], name, variant)
+    options['repeats'] = tuple(int(r) for r in options['repeats'])
+  rate = options.get('dropout_rate', 0.2)
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f'dropout_rate={rate!r} must be in [0, 1)')
+  if 'dtype' in options:
+    dtype = options['dtype']
+    if isinstance(dtype, str) and dtype not in _DTYPES:
+      raise ValueError(f'dtype={dtype!r} is invalid; valid dtypes: {", ".join(_DTYPES)}')
+    options['dtype'] = jnp.dtype(dtype)
+  return Inception(arch=name, num_classes=int(num_classes), **options)
+
+
+def _check_positive(key: str, value: Any) -> None:
+  if not isinstance(value, numbers.Real) or not value > 0:
+    raise ValueError(f'{key}={value!r} must be a number > 0')

@@ -1,0 +1,302 @@
+"""The model zoo: exact parameter counts, stage shapes, options and their errors.
+
+Full-size networks are only traced (`jax.eval_shape`, lowering); anything that
+runs uses narrow widths at the minimum input size.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inception_jax.models import create_model, stack_repeats
+from inception_jax.models.summary import format_table, stage_stats
+
+
+def param_count(model, size: int = 299) -> int:
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(variables['params']))
+
+
+@pytest.mark.parametrize('name, options, expected', [
+    ('inception_v3', dict(bn_scale=True), 23_834_568),
+    ('inception_v3', dict(bn_scale=True, aux_logits=True), 27_161_264),
+    ('inception_v3', dict(bn_scale=False), 23_817_352),
+    ('inception_v4', dict(bn_scale=True), 42_679_816),
+    ('inception_resnet_v2', dict(bn_scale=True), 55_843_464),
+    ('inception_resnet_v2', dict(bn_scale=False), 55_813_192),
+])
+def test_reference_parameter_counts(name, options, expected):
+  # timm (with gamma) and Keras (without) counts of SPEC.md, 1000 classes, slim layout.
+  assert param_count(create_model(name, variant='slim', **options)) == expected
+
+
+# --- Counts derived by hand from the paper's figures (independent of the model code). ---
+
+def _conv(cin, cout, kh=1, kw=None):
+  """Parameters of conv (no bias) + BN beta; returns (params, cout)."""
+  return kh * (kw or kh) * cin * cout + cout, cout
+
+
+def _chain(cin, *layers):
+  """A branch: layers (cout, kh, kw) in turn; returns (params, cout)."""
+  total = 0
+  for cout, kh, kw in layers:
+    p, cin = _conv(cin, cout, kh, kw)
+    total += p
+  return total, cin
+
+
+def _block(cin, *branches, pool_channels=0, residual=False):
+  """Parallel branches (+ a parameter-free pool branch), optional linear 1x1 expansion."""
+  params = outs = 0
+  for branch in branches:
+    p, c = _chain(cin, *branch)
+    params, outs = params + p, outs + c
+  if residual:
+    return params + outs * cin + cin, cin
+  return params, outs + pool_channels
+
+
+def _resnet_v1_by_hand() -> int:
+  total, c = _chain(3, (32, 3, 3), (32, 3, 3), (64, 3, 3), (80, 1, 1), (192, 3, 3),
+                    (256, 3, 3))                                     # Fig. 14
+  a, c = _block(c, [(32, 1, 1)], [(32, 1, 1), (32, 3, 3)],
+                [(32, 1, 1), (32, 3, 3), (32, 3, 3)], residual=True)  # Fig. 10
+  total += 5 * a
+  r, c = _block(c, [(384, 3, 3)], [(192, 1, 1), (192, 3, 3), (256, 3, 3)],
+                pool_channels=c)                                     # Fig. 7, k/l/m/n
+  total += r
+  b, c = _block(c, [(128, 1, 1)], [(128, 1, 1), (128, 1, 7), (128, 7, 1)],
+                residual=True)                                       # Fig. 11
+  total += 10 * b
+  r, c = _block(c, [(256, 1, 1), (384, 3, 3)], [(256, 1, 1), (256, 3, 3)],
+                [(256, 1, 1), (256, 3, 3), (256, 3, 3)], pool_channels=c)  # Fig. 12
+  total += r
+  cc, c = _block(c, [(192, 1, 1)], [(192, 1, 1), (192, 1, 3), (192, 3, 1)],
+                 residual=True)                                      # Fig. 13
+  total += 5 * cc
+  assert c == 1792
+  return total + c * 1000 + 1000
+
+
+def _stem_v4_by_hand() -> tuple[int, int]:
+  total, c = _chain(3, (32, 3, 3), (32, 3, 3), (64, 3, 3))           # Fig. 3
+  p, c = _block(c, [(96, 3, 3)], pool_channels=c)
+  total += p
+  p, c = _block(c, [(64, 1, 1), (96, 3, 3)], [(64, 1, 1), (64, 7, 1), (64, 1, 7), (96, 3, 3)])
+  total += p
+  p, c = _block(c, [(192, 3, 3)], pool_channels=c)
+  return total + p, c
+
+
+def _resnet_v2_paper_by_hand() -> int:
+  total, c = _stem_v4_by_hand()
+  a, c = _block(c, [(32, 1, 1)], [(32, 1, 1), (32, 3, 3)],
+                [(32, 1, 1), (48, 3, 3), (64, 3, 3)], residual=True)  # Fig. 16
+  total += 5 * a
+  r, c = _block(c, [(384, 3, 3)], [(256, 1, 1), (256, 3, 3), (384, 3, 3)], pool_channels=c)
+  total += r
+  b, c = _block(c, [(192, 1, 1)], [(128, 1, 1), (160, 1, 7), (192, 7, 1)],
+                residual=True)                                       # Fig. 17
+  total += 10 * b
+  r, c = _block(c, [(256, 1, 1), (384, 3, 3)], [(256, 1, 1), (288, 3, 3)],
+                [(256, 1, 1), (288, 3, 3), (320, 3, 3)], pool_channels=c)  # Fig. 18
+  total += r
+  cc, c = _block(c, [(192, 1, 1)], [(192, 1, 1), (224, 1, 3), (256, 3, 1)],
+                 residual=True)                                      # Fig. 19
+  total += 5 * cc
+  assert c == 2144
+  return total + c * 1000 + 1000
+
+
+@pytest.mark.parametrize('variant', ['paper', 'slim'])
+def test_resnet_v1_count_matches_figures(variant):
+  count = param_count(create_model('inception_resnet_v1', variant=variant))
+  print(f'inception_resnet_v1 ({variant}): {count:,} parameters')
+  assert count == _resnet_v1_by_hand()
+
+
+def test_resnet_v2_paper_count_matches_figures():
+  count = param_count(create_model('inception_resnet_v2', variant='paper'))
+  print(f'inception_resnet_v2 (paper): {count:,} parameters')
+  assert count == _resnet_v2_paper_by_hand()
+
+
+def test_inception_v4_paper_and_slim_have_the_same_count():
+  # The layouts differ only in which of 1x7/7x1 (1x3/3x1) comes first.
+  assert (param_count(create_model('inception_v4', variant='paper')) ==
+          param_count(create_model('inception_v4', variant='slim')))
+
+
+EXPECTED_STAGES = {
+    ('inception_v3', 'slim'): [
+        ('Stem', (35, 35, 192)), ('Mixed_5b', (35, 35, 256)), ('Mixed_5c', (35, 35, 288)),
+        ('Mixed_5d', (35, 35, 288)), ('Mixed_6a', (17, 17, 768)), ('Mixed_6b', (17, 17, 768)),
+        ('Mixed_6c', (17, 17, 768)), ('Mixed_6d', (17, 17, 768)), ('Mixed_6e', (17, 17, 768)),
+        ('Mixed_7a', (8, 8, 1280)), ('Mixed_7b', (8, 8, 2048)), ('Mixed_7c', (8, 8, 2048))],
+    ('inception_v4', 'slim'): [
+        ('Stem', (35, 35, 384)), ('InceptionA', (35, 35, 384)), ('ReductionA', (17, 17, 1024)),
+        ('InceptionB', (17, 17, 1024)), ('ReductionB', (8, 8, 1536)),
+        ('InceptionC', (8, 8, 1536))],
+    ('inception_resnet_v1', 'slim'): [
+        ('Stem', (35, 35, 256)), ('InceptionResNetA', (35, 35, 256)),
+        ('ReductionA', (17, 17, 896)), ('InceptionResNetB', (17, 17, 896)),
+        ('ReductionB', (8, 8, 1792)), ('InceptionResNetC', (8, 8, 1792))],
+    ('inception_resnet_v2', 'paper'): [
+        ('Stem', (35, 35, 384)), ('InceptionResNetA', (35, 35, 384)),
+        ('ReductionA', (17, 17, 1152)), ('InceptionResNetB', (17, 17, 1152)),
+        ('ReductionB', (8, 8, 2144)), ('InceptionResNetC', (8, 8, 2144))],
+    ('inception_resnet_v2', 'slim'): [
+        ('Stem', (35, 35, 192)), ('Mixed_5b', (35, 35, 320)),
+        ('InceptionResNetA', (35, 35, 320)), ('ReductionA', (17, 17, 1088)),
+        ('InceptionResNetB', (17, 17, 1088)), ('ReductionB', (8, 8, 2080)),
+        ('InceptionResNetC', (8, 8, 2080)), ('Block8', (8, 8, 2080)),
+        ('Conv2d_7b_1x1', (8, 8, 1536))],
+}
+# Where the layouts coincide, the paper layout has the same stages.
+for _name in ('inception_v3', 'inception_v4', 'inception_resnet_v1'):
+  EXPECTED_STAGES[(_name, 'paper')] = EXPECTED_STAGES[(_name, 'slim')]
+
+
+@pytest.mark.parametrize('name, variant', sorted(EXPECTED_STAGES))
+def test_stage_output_shapes_at_299(name, variant):
+  model = create_model(name, variant=variant, bn_scale=True)
+  rows = stage_stats(model, 299)
+  got = [(r.name, r.output_shape) for r in rows[:-1]]
+  assert got == EXPECTED_STAGES[(name, variant)]
+  assert sum(r.params for r in rows) == param_count(model)
+  assert all(r.flops > 0 for r in rows)
+  print(format_table(rows))
+
+
+def test_summary_flops_of_inception_v3():
+  # Inception-v3 is ~5.7 G multiply-adds at 299x299 (v3 paper sec. 7: 5 billion).
+  flops = sum(r.flops for r in stage_stats(create_model('inception_v3'), 299))
+  assert 10.5e9 < flops < 12.5e9
+
+
+# --- Behaviour of the options, on narrow networks at the smallest input. ---
+
+TINY = dict(width_multiplier=0.125, num_classes=7)
+X = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (2, 75, 75, 3)), jnp.float32)
+
+
+def _init(model, x=X):
+  return jax.jit(lambda k: model.init(k, x))(jax.random.key(0))
+
+
+def _forward(model, variables, x=X):
+  return jax.jit(lambda v: model.apply(v, x))(variables)
+
+
+def test_use_residual_false_keeps_parameters_and_changes_the_function():
+  base = create_model('inception_resnet_v2', repeats=(2, 2, 2), **TINY)
+  ablated = create_model('inception_resnet_v2', repeats=(2, 2, 2), use_residual=False, **TINY)
+  variables = _init(base)
+  assert param_count(base) == param_count(ablated)
+  assert jax.tree.structure(variables) == jax.tree.structure(_init(ablated))
+  assert not np.allclose(_forward(base, variables), _forward(ablated, variables), atol=1e-5)
+
+
+def test_residual_scale_changes_output_and_accepts_one_per_grid():
+  variables = _init(create_model('inception_resnet_v1', repeats=(1, 1, 1), **TINY))
+  outputs = [_forward(create_model('inception_resnet_v1', repeats=(1, 1, 1),
+                                   residual_scale=s, **TINY), variables)
+             for s in (0.1, 0.3, (0.1, 0.1, 0.3))]
+  assert not np.allclose(outputs[0], outputs[1], atol=1e-5)
+  assert not np.allclose(outputs[0], outputs[2], atol=1e-5)
+
+
+def test_width_multiplier_roughly_quarters_the_parameters():
+  for name in ('inception_v4', 'inception_resnet_v2'):
+    ratio = (param_count(create_model(name, width_multiplier=0.5)) /
+             param_count(create_model(name)))
+    assert 0.22 < ratio < 0.30, (name, ratio)
+
+
+def test_repeats_set_the_number_of_blocks():
+  full = param_count(create_model('inception_v4', repeats=(4, 7, 3)))
+  fewer = param_count(create_model('inception_v4', repeats=(4, 6, 3)))
+  # One Inception-B block of Fig. 5 on 1024 channels.
+  b = (1024 * 384 + 1024 * 192 + 192 * 224 * 7 + 224 * 256 * 7 + 1024 * 192 + 192 * 192 * 7 +
+       192 * 224 * 7 + 224 * 224 * 7 + 224 * 256 * 7 + 1024 * 128 +
+       (384 + 192 + 224 + 256 + 192 + 192 + 224 + 224 + 256 + 128))
+  assert full - fewer == b
+
+
+def test_training_returns_aux_logits_and_sows_pre_pool():
+  model = create_model('inception_v3', aux_logits=True, **TINY)
+  variables = _init(model)
+  (logits, aux), state = jax.jit(lambda v: model.apply(
+      v, X, train=True, rngs={'dropout': jax.random.key(1)},
+      mutable=['batch_stats', 'intermediates']))(variables)
+  assert logits.shape == aux.shape == (2, 7)
+  assert state['intermediates']['pre_pool'][0].shape == (2, 1, 1, 256)
+  assert _forward(model, variables).shape == (2, 7)  # Eval: logits only.
+
+
+def test_residual_blocks_sow_branch_to_shortcut_ratio():
+  model = create_model('inception_resnet_v2', repeats=(1, 1, 1), **TINY)
+  _, state = jax.jit(lambda v: model.apply(v, X, mutable=['intermediates']))(_init(model))
+  ratio = state['intermediates']['InceptionResNetA_0']['residual_ratio'][0]
+  assert ratio.shape == () and 0 < float(ratio) < 10
+
+
+@pytest.mark.parametrize('remat', [False, True])
+def test_scanned_blocks_equal_unrolled_blocks(remat):
+  unrolled = create_model('inception_resnet_v2', repeats=(3, 2, 3), **TINY)
+  scanned = create_model('inception_resnet_v2', repeats=(3, 2, 3), scan_blocks=True,
+                         remat=remat, **TINY)
+  variables = _init(unrolled)
+  stacked = {k: stack_repeats(v, unrolled) for k, v in variables.items()}
+  assert jax.tree.structure(stacked) == jax.tree.structure(_init(scanned))
+  assert param_count(unrolled) == param_count(scanned)
+  np.testing.assert_allclose(_forward(scanned, stacked), _forward(unrolled, variables),
+                             atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = create_model('inception_v4', repeats=(1, 1, 1), dtype='bfloat16', **TINY)
+  variables = _init(model)
+  assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
+  logits = _forward(model, variables)
+  reference = _forward(create_model('inception_v4', repeats=(1, 1, 1), **TINY), variables)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, reference, atol=0.1, rtol=0.1)
+
+
+def test_conv1x1_as_dot_is_the_same_function():
+  model = create_model('inception_resnet_v2', repeats=(1, 1, 1), **TINY)
+  variables = _init(model)
+  as_conv = create_model('inception_resnet_v2', repeats=(1, 1, 1), conv1x1_as_dot=False, **TINY)
+  np.testing.assert_allclose(_forward(model, variables), _forward(as_conv, variables),
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(name='inception_v5'), 'valid models: inception_v3, inception_v4'),
+    (dict(name='inception_v4', residual_scael=0.1), 'unknown model option(s) residual_scael'),
+    (dict(name='inception_v4', variant='keras'), "variant='keras' is invalid"),
+    (dict(name='inception_resnet_v2', residual_scale=0.0), 'residual_scale=0.0 must be'),
+    (dict(name='inception_resnet_v2', residual_scale=(0.1, 0.2)), 'one float or three'),
+    (dict(name='inception_v4', width_multiplier=-1), 'width_multiplier=-1 must be'),
+    (dict(name='inception_v3', repeats=(1, 1, 1)), 'repeats cannot be set for inception_v3'),
+    (dict(name='inception_v4', repeats=(1, 2)), 'repeats=(1, 2) is invalid'),
+    (dict(name='inception_v4', dtype='int8'), "dtype='int8' is invalid"),
+    (dict(name='inception_v4', dropout_rate=1.0), 'dropout_rate=1.0 must be'),
+    (dict(name='inception_v4', num_classes=0), 'num_classes=0 must be'),
+])
+def test_bad_options_raise_clear_errors(kwargs, message):
+  with pytest.raises(ValueError) as e:
+    create_model(kwargs.pop('name'), **kwargs)
+  assert message in str(e.value)
+
+
+def test_input_below_minimum_size_raises_clear_error():
+  model = create_model('inception_v4', **TINY)
+  with pytest.raises(ValueError, match='image size 74x74 is below the minimum of 75x75'):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 74, 74, 3))))
