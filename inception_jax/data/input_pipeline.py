@@ -1,0 +1,305 @@
+"""Input pipelines: TFDS, ImageFolder or the offline dataset -> host-local numpy batches.
+
+Training is an infinite stream indexed by position. Epoch e is this process's
+part of the train split in the order of a shuffle seeded by (seed, process, e);
+the augmentation of the element at position p of the stream is seeded by
+(seed, process, p). So the stream started at `start_step=k` is, bitwise, the
+stream started at 0 without its first k batches, and resuming needs only the
+step: whole epochs are skipped by arithmetic, never read.
+
+Nothing is downloaded here. The offline dataset is generated on first use; any
+other TFDS dataset must have been built beforehand (`tfds build`).
+
+Config keys read (see `DATA_KEYS`): dataset ('offline_shapes', a TFDS name or
+'image_folder'), data_dir, manual_dir, image_folder, train_split, eval_split,
+image_size, color_distortion, shuffle_buffer_size, seed, eval_crop_fraction and
+cache (in-memory cache of the decoded training examples).
+"""
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Iterator
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from inception_jax.data import offline
+from inception_jax.data import preprocessing
+
+OFFLINE_DATASET = offline.OfflineShapes.name
+IMAGE_FOLDER = 'image_folder'
+_DEFAULT_DATA_DIR = '~/tensorflow_datasets'
+
+DATA_KEYS = (
+    'dataset',
+    'data_dir',
+    'manual_dir',
+    'image_folder',
+    'train_split',
+    'eval_split',
+    'image_size',
+    'color_distortion',
+    'shuffle_buffer_size',
+    'seed',
+    'eval_crop_fraction',
+    'cache',
+)
+
+Batch = dict[str, np.ndarray]
+Example = dict[str, tf.Tensor]
+
+try:
+  # tf.data runs on the host; it must not take accelerator memory from JAX.
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TensorFlow was initialised before this import.
+  logging.warning('Could not hide GPUs from TensorFlow: already initialised.')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  num_train_examples: int
+  num_eval_examples: int
+
+
+def _data_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  """The keys of `config` this module reads; a KeyError names a missing one."""
+  return ml_collections.FrozenConfigDict({key: config[key] for key in DATA_KEYS})
+
+
+def _get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Returns the dataset's builder; generates the offline dataset if needed."""
+  if config.dataset == IMAGE_FOLDER:
+    return tfds.ImageFolder(config.image_folder)
+  if config.dataset.split('/')[0] == OFFLINE_DATASET:
+    data_dir = os.path.expanduser(config.data_dir or _DEFAULT_DATA_DIR)
+    builder = tfds.builder(config.dataset, data_dir=data_dir)
+    if not builder.is_prepared():
+      logging.info('Generating %s in %s (once).', config.dataset, data_dir)
+      try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+      except OSError:
+        # Processes that share `data_dir` may all generate it; all but the
+        # first fail to move their (identical) copy into place.
+        builder = tfds.builder(config.dataset, data_dir=data_dir)
+        if not builder.is_prepared():
+          raise
+    return builder
+  return tfds.builder(config.dataset, data_dir=config.data_dir)
+
+
+def _not_prepared_error(builder: tfds.core.DatasetBuilder, config) -> ValueError:
+  data_dir = os.fspath(builder.data_dir_root)
+  command = f'tfds build {config.dataset} --data_dir={data_dir}'
+  message = (
+      f'Dataset {config.dataset!r} is not prepared in {data_dir} and is never'
+      ' downloaded at run time. Prepare it first'
+  )
+  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  if not instructions:
+    message += ' on a machine with network access'
+  else:
+    manual_dir = config.manual_dir or os.path.join(data_dir, 'downloads', 'manual')
+    command += f' --manual_dir={manual_dir}'
+    message += (
+        f' (a manual download: the files go in {manual_dir};'
+        f' {" ".join(instructions.split())})'
+    )
+  return ValueError(f'{message}:\n  {command}')
+
+
+def _as_dataset(builder, split, config) -> tf.data.Dataset:
+  """Reads `split` in a fixed order with the images still encoded."""
+  try:
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=False,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        # `cache` alone decides about caching.
+        read_config=tfds.ReadConfig(try_autocache=False),
+    )
+  except AssertionError as e:  # How TFDS says that no data was found.
+    raise _not_prepared_error(builder, config) from e
+  return ds.map(lambda ex: {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)})
+
+
+def _num_examples(ds: tf.data.Dataset) -> int:
+  num = int(ds.cardinality())
+  if num < 0:  # Unknown: count without decoding.
+    num = int(ds.reduce(0, lambda count, _: count + 1))
+  return num
+
+
+def _split_size(builder, split: str, config) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError):
+    # Split sizes are unknown before preparation (and under tfds.testing.mock_data).
+    return _num_examples(_as_dataset(builder, split, config))
+
+
+def _read_process_split(
+    builder, config, split: str, process_index: int, process_count: int, *,
+    drop_remainder: bool,
+) -> tf.data.Dataset:
+  """This process's part of `split`, disjoint from the other processes' parts."""
+  if isinstance(builder, tfds.ImageFolder):
+    # ImageFolder has no sub-split API: shard the whole split instead.
+    ds = _as_dataset(builder, split, config)
+    per_process = _num_examples(ds) // process_count
+    ds = ds.shard(process_count, process_index)
+    return ds.take(per_process) if drop_remainder else ds
+  process_split = tfds.split_for_jax_process(
+      split,
+      process_index=process_index,
+      process_count=process_count,
+      drop_remainder=drop_remainder,
+  )
+  return _as_dataset(builder, process_split, config)
+
+
+def _decode(example: Example) -> Example:
+  image = tf.io.decode_image(example['image'], channels=3, expand_animations=False)
+  return {**example, 'image': image}
+
+
+def _processes(process_index, process_count) -> tuple[int, int]:
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  return process_index, process_count
+
+
+def _finish(ds: tf.data.Dataset) -> Iterator[Batch]:
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Number of classes and (global) sizes of the train and eval splits."""
+  config = _data_config(config)
+  builder = _get_builder(config)
+  return DatasetInfo(
+      num_classes=builder.info.features['label'].num_classes,
+      num_train_examples=_split_size(builder, config.train_split, config),
+      num_eval_examples=_split_size(builder, config.eval_split, config),
+  )
+
+
+def create_train_iterator(
+    config: ml_collections.ConfigDict,
+    *,
+    local_batch_size: int,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[Batch]:
+  """Infinite stream of augmented training batches, starting at `start_step`.
+
+  Batches are {'image': float32 [B, S, S, 3] in [-1, 1], 'label': int32 [B],
+  'mask': float32 [B] of ones}. Batches run across epoch boundaries.
+  """
+  config = _data_config(config)
+  process_index, process_count = _processes(process_index, process_count)
+  builder = _get_builder(config)
+  examples = _read_process_split(
+      builder, config, config.train_split, process_index, process_count,
+      drop_remainder=True,  # Same epoch length on every process.
+  )
+  epoch_size = _num_examples(examples)
+  if not epoch_size:
+    raise ValueError(
+        f'Process {process_index} of {process_count} has no examples of'
+        f' {config.dataset!r} split {config.train_split!r}.'
+    )
+  if config.cache:
+    examples = examples.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
+    examples = examples.ignore_errors(log_warning=True).cache()
+
+  root = tf.constant([config.seed, process_index], tf.int64)
+  shuffle_key, augment_key = tf.unstack(tf.random.experimental.stateless_split(root, 2))
+
+  def epoch(index: tf.Tensor) -> tf.data.Dataset:
+    shuffle_seed = tf.random.stateless_uniform(
+        [], tf.random.experimental.stateless_fold_in(shuffle_key, index),
+        minval=None, maxval=None, dtype=tf.int64,
+    )
+    order = examples.shuffle(
+        config.shuffle_buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False
+    )
+    positions = tf.data.Dataset.range(index * epoch_size, (index + 1) * epoch_size)
+    return tf.data.Dataset.zip(positions, order)
+
+  def augment(position: tf.Tensor, example: Example) -> Example:
+    seed = tf.random.experimental.stateless_fold_in(augment_key, position)
+    image = preprocessing.preprocess_for_train(
+        example['image'], seed, config.image_size, config.color_distortion
+    )
+    return {'image': image, 'label': example['label'], 'mask': tf.ones([])}
+
+  first_epoch, offset = divmod(start_step * local_batch_size, epoch_size)
+  ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+  ds = ds.skip(offset)
+  ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.ignore_errors(log_warning=True)  # Skip corrupt images.
+  return _finish(ds.batch(local_batch_size, drop_remainder=True))
+
+
+def create_eval_iterator(
+    config: ml_collections.ConfigDict,
+    *,
+    local_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[Batch]:
+  """One pass over this process's part of the eval split, central crops.
+
+  Every process yields the same number of full-size batches; padding examples
+  have `mask` 0, real ones 1. `cache` does not apply: each call reads the split.
+  """
+  config = _data_config(config)
+  process_index, process_count = _processes(process_index, process_count)
+  builder = _get_builder(config)
+  examples = _read_process_split(
+      builder, config, config.eval_split, process_index, process_count,
+      drop_remainder=False,
+  )
+  # The largest process part decides the number of batches of every process.
+  largest_part = math.ceil(_split_size(builder, config.eval_split, config) / process_count)
+  num_batches = math.ceil(max(largest_part, _num_examples(examples)) / local_batch_size)
+
+  def preprocess(example: Example) -> Example:
+    image = preprocessing.preprocess_for_eval(
+        example['image'], config.image_size, config.eval_crop_fraction
+    )
+    return {'image': image, 'label': example['label'], 'mask': tf.ones([])}
+
+  ds = examples.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.ignore_errors(log_warning=True)  # Skip corrupt images.
+  ds = ds.batch(local_batch_size)
+  ds = ds.map(functools.partial(_pad_batch, batch_size=local_batch_size))
+  padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(num_batches)
+  return _finish(ds)
+
+
+def _pad_batch(batch: Example, batch_size: int) -> Example:
+  """Pads a (last, partial) batch with zeros, which includes a zero mask."""
+  missing = batch_size - tf.shape(batch['label'])[0]
+
+  def pad(x):
+    padded = tf.pad(x, [[0, missing]] + [[0, 0]] * (x.shape.rank - 1))
+    padded.set_shape([batch_size, *x.shape[1:]])
+    return padded
+
+  return tf.nest.map_structure(pad, batch)

@@ -1,0 +1,107 @@
+"""Metric collections (clu) and writers: TensorBoard, the log, and `metrics.jsonl`.
+
+`metrics.jsonl` in the workdir is what experiments read back: one JSON object per
+write, `{"step": N, "train/loss": ..., ...}`.
+"""
+
+
+import json
+import os
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import metric_writers, metrics
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+  """Per-example top-1/top-5 error of `logits` against integer `labels`."""
+  k = min(5, logits.shape[-1])
+  top_k = jax.lax.top_k(logits, k)[1]
+  correct_k = jnp.any(top_k == labels[:, None], axis=-1)
+  correct_1 = top_k[:, 0] == labels
+  return {'top1_error': 1.0 - correct_1.astype(jnp.float32),
+          'top5_error': 1.0 - correct_k.astype(jnp.float32)}
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  top1_error: metrics.Average.from_output('top1_error')
+  top5_error: metrics.Average.from_output('top5_error')
+  grad_norm: metrics.Average.from_output('grad_norm')
+  learning_rate: metrics.LastValue.from_output('learning_rate')
+  pre_pool_zero_fraction: metrics.Average.from_output('pre_pool_zero_fraction')
+  dead_unit_fraction: metrics.LastValue.from_output('dead_unit_fraction')
+  skipped_steps: metrics.LastValue.from_output('skipped_steps')
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  top1_error: metrics.Average.from_output('top1_error')
+  top5_error: metrics.Average.from_output('top5_error')
+  ema_loss: metrics.Average.from_output('ema_loss')
+  ema_top1_error: metrics.Average.from_output('ema_top1_error')
+  ema_top5_error: metrics.Average.from_output('ema_top5_error')
+
+
+def with_accuracy(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
+  """Prefixes names and adds top-k accuracy beside each top-k error."""
+  out = {}
+  for name, value in values.items():
+    value = float(np.asarray(value))
+    out[f'{prefix}/{name}'] = value
+    if name.endswith('_error') and 'top' in name:
+      out[f'{prefix}/{name[:-len("_error")]}_accuracy'] = 1.0 - value
+  return out
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends scalars to `<workdir>/metrics.jsonl`, one line per write."""
+
+  def __init__(self, workdir: str):
+    self._path = os.path.join(workdir, METRICS_FILE)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    record = {'step': int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+  # Only scalars are plotted later; the other kinds go to TensorBoard alone.
+  def write_summaries(self, step, values, metadata=None):  # pylint: disable=unused-argument
+    pass
+
+  write_images = write_videos = write_texts = write_histograms = write_summaries
+
+  def write_audios(self, step, audios, *, sample_rate):  # pylint: disable=unused-argument
+    pass
+
+  def write_hparams(self, hparams):  # pylint: disable=unused-argument
+    pass
+
+  def flush(self) -> None:
+    pass
+
+  close = flush
+
+
+def create_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard + logging + metrics.jsonl on process 0, logging only elsewhere."""
+  if jax.process_index() > 0:
+    return metric_writers.create_default_writer(workdir, just_logging=True)
+  return metric_writers.MultiWriter([metric_writers.create_default_writer(workdir),
+                                     JsonlWriter(workdir)])
+
+
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+  """The records of a run's metrics.jsonl (empty if it has none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

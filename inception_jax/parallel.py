@@ -1,0 +1,75 @@
+"""The one place that builds meshes and shardings: data parallelism over every device.
+
+Params are replicated and each batch is split along the `data` axis; under `jit`
+XLA inserts the gradient all-reduce, and BatchNorm statistics are those of the
+whole global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+# Environment variables by which a launcher says this is one process of several.
+_MULTI_HOST_ENV = ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS', 'SLURM_NTASKS',
+                   'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES')
+
+
+def maybe_initialize_distributed(mode: str | bool, timeout_s: int = 300) -> None:
+  """Calls `jax.distributed.initialize` when asked to, or when a launcher says so.
+
+  `mode`: True/'true' (always), False/'false' (never), 'auto' (when one of the
+  multi-host environment variables is set). Must run before anything touches
+  devices. `timeout_s` bounds how long a process waits for its peers.
+  """
+  mode = str(mode).lower()
+  if mode not in ('auto', 'true', 'false'):
+    raise ValueError(f'distributed={mode!r} is invalid; use auto, true or false')
+  if mode == 'false' or (mode == 'auto' and not any(os.environ.get(k) for k in _MULTI_HOST_ENV)):
+    return
+  if os.environ.get('SLURM_NTASKS') == '1':
+    return
+  jax.distributed.initialize(initialization_timeout=timeout_s)
+  logging.info('jax.distributed: process %d of %d', jax.process_index(), jax.process_count())
+
+
+def create_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-axis mesh over all devices of all processes (or the given ones)."""
+  devices = list(devices) if devices is not None else jax.devices()
+  return Mesh(np.asarray(devices), ('data',), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P('data'))
+
+
+def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+  """This process's share of a global batch; raises if it does not split evenly."""
+  num_devices = mesh.devices.size
+  if global_batch_size % num_devices:
+    raise ValueError(f'batch_size={global_batch_size} is not divisible by the number of '
+                     f'devices ({num_devices}); use a multiple of {num_devices}')
+  return global_batch_size * _local_device_count(mesh) // num_devices
+
+
+def _local_device_count(mesh: Mesh) -> int:
+  return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> one global array per key, split along `data`."""
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  return jax.device_put(tree, replicated(mesh))

@@ -1,0 +1,41 @@
+"""Trains and evaluates an Inception network from a config.
+
+    python main.py --config=configs/default.py --workdir=runs/default
+    python main.py --config=configs/inception_v4_imagenet.py --workdir=runs/v4 \
+        --config.model.residual_scale=0.2
+
+Re-running the same command on the same workdir resumes from its newest checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the config.')
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = FLAGS.config
+  # Before anything touches devices: multi-host init and the compile cache.
+  from inception_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.maybe_initialize_distributed(config.distributed)
+  import jax  # pylint: disable=g-import-not-at-top
+  if config.compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
+  from inception_jax import train  # pylint: disable=g-import-not-at-top
+  logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  try:
+    train.train_and_evaluate(config, FLAGS.workdir)
+  except ValueError as e:  # Bad config or data: one clear line, no traceback.
+    logging.error('%s', e)
+    raise SystemExit(f'error: {e}') from None
+
+
+if __name__ == '__main__':
+  app.run(main)
