@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = 'inception_resnet_v2'  # inception_v3 | inception_v4 | inception_resnet_v{1,2}
   config.model.variant = 'slim'              # 'paper' (the figures) or 'slim' (the checkpoints)
   config.model.width_multiplier = 0.25       # Scales every filter count (min 8).
-  config.model.repeats = (2, 3, 2)           # A, B, C blocks; None = the paper's.
+  config.model.repeats = (2, 3, 2)           # A, B, C blocks; () = the paper's.
   config.model.residual_scale = (0.17, 0.10, 0.20)  # One float, or per grid 35/17/8.
   config.model.use_residual = True           # False: the paper's no-shortcut ablation.
   config.model.bn_scale = False              # BatchNorm gamma (TF-Slim/Keras: none).
@@ -84,7 +84,7 @@ def imagenet(config: ml_collections.ConfigDict, name: str) -> ml_collections.Con
   config.model.name = name
   config.model.variant = 'paper' if name == 'inception_resnet_v1' else 'slim'
   config.model.width_multiplier = 1.0
-  config.model.repeats = None
+  config.model.repeats = ()
   config.model.bn_momentum = 0.9997
   # TF-Slim trains v3, v4 and IR-v2 with the auxiliary head; IR-v1 has none.
   config.model.aux_logits = name != 'inception_resnet_v1'

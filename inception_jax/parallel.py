@@ -16,16 +16,19 @@ from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 # Environment variables by which a launcher says this is one process of several.
-_MULTI_HOST_ENV = ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS', 'SLURM_NTASKS',
-                   'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES')
+_MULTI_HOST_ENV = ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
+                   'TPU_WORKER_HOSTNAMES')
 
 
-def maybe_initialize_distributed(mode: str | bool, timeout_s: int = 300) -> None:
+def maybe_initialize_distributed(mode: str | bool, timeout_s: int = 300,
+                                 heartbeat_timeout_s: int = 100) -> None:
   """Calls `jax.distributed.initialize` when asked to, or when a launcher says so.
 
   `mode`: True/'true' (always), False/'false' (never), 'auto' (when one of the
   multi-host environment variables is set). Must run before anything touches
-  devices. `timeout_s` bounds how long a process waits for its peers.
+  devices. Without a cluster launcher, set `JAX_COORDINATOR_ADDRESS=host:port`,
+  `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`. `timeout_s` bounds the wait for peers
+  at start; a peer silent for `heartbeat_timeout_s` stops every process.
   """
   mode = str(mode).lower()
   if mode not in ('auto', 'true', 'false'):
@@ -34,7 +37,11 @@ def maybe_initialize_distributed(mode: str | bool, timeout_s: int = 300) -> None
     return
   if os.environ.get('SLURM_NTASKS') == '1':
     return
-  jax.distributed.initialize(initialization_timeout=timeout_s)
+  explicit = {key: int(os.environ[var]) for key, var in
+              (('num_processes', 'JAX_NUM_PROCESSES'), ('process_id', 'JAX_PROCESS_ID'))
+              if os.environ.get(var)}
+  jax.distributed.initialize(initialization_timeout=timeout_s,
+                             heartbeat_timeout_seconds=heartbeat_timeout_s, **explicit)
   logging.info('jax.distributed: process %d of %d', jax.process_index(), jax.process_count())
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import signal
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import flax
 import jax
@@ -83,7 +83,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Incepti
 
   (_, (loss, logits, batch_stats, pre_pool)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -237,12 +237,16 @@ def evaluate(state: TrainState, p_eval_step: Callable, config, mesh, num_eval_ex
   return metrics_lib.with_accuracy(collected.compute(), 'eval')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (resuming from `workdir` if it holds a run) and evaluates; returns the state."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: Sequence[jax.Device] | None = None) -> TrainState:
+  """Trains (resuming from `workdir` if it holds a run) and evaluates; returns the state.
+
+  `devices` defaults to every device of every process.
+  """
   validation.validate(config)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
-  mesh = parallel.create_mesh()
+  mesh = parallel.create_mesh(devices)
   local_batch = parallel.local_batch_size(config.batch_size, mesh)
   local_eval_batch = parallel.local_batch_size(config.eval_batch_size, mesh)
   info = input_pipeline.get_dataset_info(config)
@@ -302,7 +306,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       break
   writer.flush()
   checkpoints.close()
+  # Every process logs this; in a multi-host run they must agree.
+  logging.info('Finished at step %d; parameter checksum %.10e', step, parameter_checksum(state))
   return state
+
+
+def parameter_checksum(state: TrainState) -> float:
+  return float(sum(jnp.sum(jnp.abs(p.astype(jnp.float32))) for p in jax.tree.leaves(state.params)))
 
 
 def _save(checkpoints: checkpointing.RunCheckpoints, step: int, state: TrainState, *,

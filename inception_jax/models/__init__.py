@@ -58,8 +58,11 @@ def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> Inc
                      '8x8 grids)')
   for s in scales:
     _check_positive('residual_scale', s)
-  if 'residual_scale' in options and not isinstance(scale, numbers.Real):
-    options['residual_scale'] = tuple(float(s) for s in scales)
+  if 'residual_scale' in options:  # A 1-tuple is what `--config.model.residual_scale=0.2` gives.
+    options['residual_scale'] = float(scales[0]) if len(scales) == 1 else tuple(
+        float(s) for s in scales)
+  if options.get('repeats') == ():  # () in a config: the paper's repeats (None can't be overridden).
+    options['repeats'] = None
   if 'repeats' in options and options['repeats'] is not None:
     check_repeats(options['repeats'], name, variant)
     options['repeats'] = tuple(int(r) for r in options['repeats'])
