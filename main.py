@@ -23,7 +23,8 @@ def main(argv):
   config = FLAGS.config
   # Before anything touches devices: multi-host init and the compile cache.
   from inception_jax import parallel  # pylint: disable=g-import-not-at-top
-  parallel.maybe_initialize_distributed(config.distributed)
+  parallel.maybe_initialize_distributed(
+      config.distributed, heartbeat_timeout_s=config.distributed_heartbeat_timeout_s)
   import jax  # pylint: disable=g-import-not-at-top
   if config.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
@@ -32,7 +33,7 @@ def main(argv):
                jax.local_devices())
   try:
     train.train_and_evaluate(config, FLAGS.workdir)
-  except ValueError as e:  # Bad config or data: one clear line, no traceback.
+  except (ValueError, FloatingPointError) as e:  # Bad config/data, nonfinite stop: one line.
     logging.error('%s', e)
     raise SystemExit(f'error: {e}') from None
 

@@ -26,11 +26,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'             # Computation dtype ('bfloat16' on GPU/TPU).
   config.model.scan_blocks = False           # nn.scan over repeated blocks (compile time).
   config.model.remat = False                 # Recompute blocks in the backward pass.
+  config.model.stem_stride = 2               # First conv's stride; 1 for low-res input (v3 sec. 9).
+  config.model.stem_pool = True              # False removes the stem's first max pool (v3 sec. 9).
 
   # --- Data (inception_jax.data). ---
   config.dataset = 'offline_shapes'  # 'offline_shapes', any TFDS name, or 'image_folder'.
-  config.data_dir = None             # TFDS data dir (default ~/tensorflow_datasets).
-  config.manual_dir = None           # Where imagenet2012's tars are (default data_dir/downloads/manual).
+  config.data_dir = ''               # TFDS data dir ('' = ~/tensorflow_datasets).
+  config.manual_dir = ''             # Where imagenet2012's tars are ('' = data_dir/downloads/manual).
   config.image_folder = ''           # root/<split>/<label>/*.jpg when dataset == 'image_folder'.
   config.train_split = 'train'
   config.eval_split = 'test'
@@ -75,6 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ''              # Weights dir (convert/finetune); the head is re-initialised if its shape differs.
   config.allow_config_change = False  # Resume a workdir whose saved config differs.
   config.distributed = 'auto'        # jax.distributed.initialize: auto | true | false.
+  config.distributed_heartbeat_timeout_s = 100  # A peer silent this long stops every process.
   config.compilation_cache_dir = ''  # Persistent XLA cache ('' = off).
   return config
 

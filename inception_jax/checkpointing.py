@@ -8,12 +8,22 @@ complete, so a save cut short never replaces the last good one.
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+
+def _hide_orbax_info(record: pylogging.LogRecord) -> bool:
+  # Orbax logs dozens of INFO lines per save; its warnings and errors still show.
+  return record.levelno >= pylogging.WARNING or '/orbax/' not in record.pathname
+
+
+logging.get_absl_logger().addFilter(_hide_orbax_info)
 
 
 class CheckpointError(ValueError):
@@ -46,9 +56,23 @@ class RunCheckpoints:
 
   def restore(self, template: Any, step: int | None = None) -> Any:
     """Restores `step` (default: the newest complete one) into the structure of `template`."""
+    return self._restore(step, ocp.args.StandardRestore(_abstract(template)))
+
+  def restore_subset(self, template: Any, step: int | None = None) -> Any:
+    """Restores only the top-level entries of `template` that it names.
+
+    E.g. `{'params', 'batch_stats', 'ema_params'}` of a train state, without reading
+    its optimizer state (evaluation). Leaves of `template` must carry shardings.
+    """
+    abstract = _abstract(template)
+    return self._restore(step, ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True))
+
+  def _restore(self, step: int | None, args: Any) -> Any:
     step = self.latest_step() if step is None else step
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
+      return self._manager.restore(step, args=args)
     except Exception as e:  # orbax raises many kinds; the user needs the directory.
       raise CheckpointError(
           f'cannot restore step {step} from {self.directory}: {type(e).__name__}: {e}. '
@@ -89,10 +113,12 @@ def load_variables(directory: str, template: dict[str, Any] | None = None) -> di
   directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
     raise CheckpointError(f'no checkpoint directory at {directory}')
-  checkpointer = ocp.StandardCheckpointer()
   try:
-    if template is None:
-      return checkpointer.restore(directory)
-    return checkpointer.restore(directory, _abstract(template))
+    if template is None:  # As numpy arrays: readable whatever devices wrote it.
+      checkpointer = ocp.PyTreeCheckpointer()
+      stored = checkpointer.metadata(directory).item_metadata.tree
+      return checkpointer.restore(directory, restore_args=jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored))
+    return ocp.StandardCheckpointer().restore(directory, _abstract(template))
   except Exception as e:
     raise CheckpointError(f'cannot read variables from {directory}: {type(e).__name__}: {e}') from e

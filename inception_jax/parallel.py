@@ -8,11 +8,12 @@ whole global batch.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 from absl import logging
+from jax._src import distributed  # The coordination service's barrier.
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 # Environment variables by which a launcher says this is one process of several.
@@ -43,6 +44,31 @@ def maybe_initialize_distributed(mode: str | bool, timeout_s: int = 300,
   jax.distributed.initialize(initialization_timeout=timeout_s,
                              heartbeat_timeout_seconds=heartbeat_timeout_s, **explicit)
   logging.info('jax.distributed: process %d of %d', jax.process_index(), jax.process_count())
+
+
+COMPILE_BARRIER_TIMEOUT_MS = 30 * 60 * 1000  # The slowest host's compile of a full network.
+
+
+def compile_then_sync(jitted: Any, name: str) -> Callable[..., Any]:
+  """`jitted`, compiled at its first call; then every process waits for the others.
+
+  CPU collectives (gloo) give a peer 30 s to join the first collective of a
+  computation: processes that compile at different speeds (a loaded host) would
+  fail there. A barrier of the coordination service between compiling and running
+  removes that skew. With one process, `jitted` itself.
+  """
+  if jax.process_count() == 1:
+    return jitted
+  compiled = None
+
+  def call(*args):
+    nonlocal compiled
+    if compiled is None:
+      compiled = jitted.lower(*args).compile()
+      distributed.global_state.client.wait_at_barrier(f'compiled_{name}',
+                                                      COMPILE_BARRIER_TIMEOUT_MS)
+    return compiled(*args)
+  return call
 
 
 def create_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

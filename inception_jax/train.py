@@ -78,11 +78,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Incepti
       loss += config.aux_loss_weight * jnp.mean(
           cross_entropy(aux, batch['label'], config.label_smoothing))
     total = loss + config.weight_decay * optim.l2_loss(params)
-    pre_pool = new_vars['intermediates']['pre_pool'][0]
-    return total, (loss, logits, new_vars['batch_stats'], pre_pool)
+    return total, (loss, logits, new_vars['batch_stats'], new_vars['intermediates'])
 
-  (_, (loss, logits, batch_stats, pre_pool)), grads = jax.value_and_grad(
+  (_, (loss, logits, batch_stats, intermediates)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
+  pre_pool = intermediates['pre_pool'][0]
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -103,6 +103,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Incepti
       pre_pool_zero_fraction=jnp.mean(zero.astype(jnp.float32)),
       dead_unit_fraction=jnp.mean(jnp.all(zero, axis=(0, 1, 2)).astype(jnp.float32)),
       skipped_steps=new_state.skipped_steps,
+      residual_ratio=metrics_lib.residual_ratios(intermediates),
       **metrics_lib.classification_metrics(logits, batch['label']))
   return new_state, metrics
 
@@ -120,7 +121,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: Inceptio
   return metrics_lib.EvalMetrics.single_from_model_output(mask=batch['mask'], **outputs)
 
 
-def _steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
+def schedule_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
   """(steps per epoch, total train steps)."""
   steps_per_epoch = max(1, num_train_examples // config.batch_size)
   if config.num_train_steps > 0:
@@ -195,17 +196,34 @@ def restore_or_initialize(config, workdir, model, tx, mesh,
   return state
 
 
+def _is_classifier(key: tuple[str, ...]) -> bool:
+  return key[1] == 'Logits' or key[1:3] == ('AuxLogits', 'Logits')
+
+
 def _load_init_from(state: TrainState, directory: str, mesh) -> TrainState:
-  """Weights from a converted checkpoint; leaves whose shape differs (a new head) stay fresh."""
+  """Weights of a converted dir (`python -m inception_jax.convert`) or a `save_variables` dir.
+
+  A classifier whose class count differs stays fresh (a new head); any other
+  difference is an error.
+  """
+  if os.path.isdir(os.path.join(directory, 'variables')):  # a converted dir: + model.json
+    directory = os.path.join(directory, 'variables')
   loaded = checkpointing.load_variables(directory)
   fresh = {'params': state.params, 'batch_stats': state.batch_stats}
   flat_new = flax.traverse_util.flatten_dict(fresh)
   flat_old = flax.traverse_util.flatten_dict(
       {k: loaded[k] for k in ('params', 'batch_stats') if k in loaded})
   missing = sorted('/'.join(k) for k in flat_new if k not in flat_old)
-  if missing:
-    raise ValueError(f'{directory} lacks {len(missing)} tensors of this model, e.g. '
-                     f'{missing[:5]}; was it converted for another model?')
+  # Unused tensors (an aux head aside) would be silently dropped, e.g. timm's gammas.
+  unused = sorted('/'.join(k) for k in flat_old if k not in flat_new and 'AuxLogits' not in k)
+  reshaped = sorted('/'.join(k) for k, v in flat_new.items() if k in flat_old
+                    and np.shape(flat_old[k]) != v.shape and not _is_classifier(k))
+  for what, keys in (('lacks tensors of this model', missing),
+                     ('has tensors this model lacks', unused),
+                     ('has tensors of other shapes than this model', reshaped)):
+    if keys:
+      raise ValueError(f'{directory} {what}: {len(keys)}, e.g. {keys[:5]}; was it converted '
+                       'for another model (name, width, bn_scale, aux_logits)?')
   kept = {}
   for key, value in flat_new.items():
     old = np.asarray(flat_old[key])
@@ -243,14 +261,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   `devices` defaults to every device of every process.
   """
+  # Every check that can fail on the config or the data runs before the workdir is written.
   validation.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  write_config(config, workdir)
   mesh = parallel.create_mesh(devices)
   local_batch = parallel.local_batch_size(config.batch_size, mesh)
   local_eval_batch = parallel.local_batch_size(config.eval_batch_size, mesh)
   info = input_pipeline.get_dataset_info(config)
-  steps_per_epoch, num_steps = _steps(config, info.num_train_examples)
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+  steps_per_epoch, num_steps = schedule_steps(config, info.num_train_examples)
   model = create_model_from_config(config, info.num_classes)
   tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch))
   checkpoints = checkpointing.RunCheckpoints(
@@ -272,6 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                          donate_argnums=(0,))
   p_eval_step = jax.jit(functools.partial(eval_step, model=model, config=config),
                         in_shardings=(state_sharding, parallel.batch_sharded(mesh)))
+  p_train_step = parallel.compile_then_sync(p_train_step, 'train_step')
+  p_eval_step = parallel.compile_then_sync(p_eval_step, 'eval_step')
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=config.log_every_steps)
   preemption = _Preemption()
@@ -281,31 +302,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                config.model.name, num_steps, steps_per_epoch, start, mesh.devices.size)
   train_metrics = None
   step = start
-  for step in range(start + 1, num_steps + 1):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state, m = p_train_step(state, parallel.to_global(next(train_iter), mesh))
-    train_metrics = m if train_metrics is None else train_metrics.merge(m)
-    report(step)
-    if config.nonfinite_policy == 'stop' and not np.isfinite(float(m.loss.compute())):
-      raise FloatingPointError(
-          f'non-finite loss at step {step}; the last good checkpoint is step '
-          f'{checkpoints.latest_step()} in {checkpoints.directory} (nonfinite_policy=stop)')
-    if step % config.log_every_steps == 0 or step == num_steps:
-      writer.write_scalars(step, metrics_lib.with_accuracy(train_metrics.compute(), 'train'))
-      train_metrics = None
-    if step % config.eval_every_steps == 0 or step == num_steps:
-      with report.timed('eval'):
-        writer.write_scalars(step, evaluate(state, p_eval_step, config, mesh,
-                                            info.num_eval_examples, local_eval_batch))
-    stop = preemption.reached(checkpoints, step)
-    if step % config.checkpoint_every_steps == 0 or step == num_steps or stop:
-      _save(checkpoints, step, state, force=stop or step == num_steps)
-    if stop:
-      logging.warning('Stopped for preemption at step %d; rerun the same command to resume.',
-                      step)
-      break
-  writer.flush()
-  checkpoints.close()
+  try:  # Pending async saves finish (or fail loudly) on every way out.
+    for step in range(start + 1, num_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, m = p_train_step(state, parallel.to_global(next(train_iter), mesh))
+      train_metrics = m if train_metrics is None else train_metrics.merge(m)
+      report(step)
+      if config.nonfinite_policy == 'stop' and not np.isfinite(float(m.loss.compute())):
+        raise FloatingPointError(
+            f'non-finite loss at step {step}; {_last_good(checkpoints)} (nonfinite_policy=stop)')
+      if step % config.log_every_steps == 0 or step == num_steps:
+        writer.write_scalars(step, metrics_lib.train_scalars(train_metrics.compute(), step))
+        train_metrics = None
+      if step % config.eval_every_steps == 0 or step == num_steps:
+        with report.timed('eval'):
+          writer.write_scalars(step, evaluate(state, p_eval_step, config, mesh,
+                                              info.num_eval_examples, local_eval_batch))
+      stop = preemption.reached(checkpoints, step)
+      if step % config.checkpoint_every_steps == 0 or step == num_steps or stop:
+        _save(checkpoints, step, state, force=stop or step == num_steps)
+      if stop:
+        logging.warning('Stopped for preemption at step %d; rerun the same command to resume.',
+                        step)
+        break
+  finally:
+    writer.flush()
+    checkpoints.close()
   # Every process logs this; in a multi-host run they must agree.
   logging.info('Finished at step %d; parameter checksum %.10e', step, parameter_checksum(state))
   return state
@@ -315,13 +337,18 @@ def parameter_checksum(state: TrainState) -> float:
   return float(sum(jnp.sum(jnp.abs(p.astype(jnp.float32))) for p in jax.tree.leaves(state.params)))
 
 
+def _last_good(checkpoints: checkpointing.RunCheckpoints) -> str:
+  checkpoints.wait()  # A save still in flight is the last good one once it lands.
+  return (f'the last good checkpoint is step {checkpoints.latest_step()} in '
+          f'{checkpoints.directory}')
+
+
 def _save(checkpoints: checkpointing.RunCheckpoints, step: int, state: TrainState, *,
           force: bool) -> None:
   """Saves `state` unless its parameters hold NaN/Inf: a bad checkpoint is never written."""
   finite = jax.tree.reduce(lambda a, b: a & b,
                            jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), state.params))
   if not bool(finite):
-    raise FloatingPointError(f'parameters are not finite at step {step}; not saving. The last '
-                             f'good checkpoint is step {checkpoints.latest_step()} in '
-                             f'{checkpoints.directory}')
+    raise FloatingPointError(
+        f'parameters are not finite at step {step}; not saving. {_last_good(checkpoints)}')
   checkpoints.save(step, state, force=force)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any
 
 import ml_collections
@@ -16,6 +17,7 @@ NONFINITE_POLICIES = ('skip', 'stop')
 RESUMABLE_KEYS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'checkpoint_every_steps', 'keep_checkpoints', 'steps_per_eval',
                   'allow_config_change', 'data_dir', 'manual_dir', 'distributed',
+                  'distributed_heartbeat_timeout_s',
                   'compilation_cache_dir', 'eval_batch_size')
 
 
@@ -51,6 +53,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'{key}={config[key]!r} is invalid: must be in [0, 1]')
   if not 0.0 <= config.ema_decay < 1.0:
     raise ValueError(f'ema_decay={config.ema_decay!r} is invalid: must be in [0, 1)')
+  if config.init_from and not os.path.isdir(config.init_from):
+    raise ValueError(f'init_from={config.init_from!r} is not a directory: write one with '
+                     'python -m inception_jax.convert (see configs/finetune.py), or set '
+                     'init_from=""')
   check_image_size(config)
 
 

@@ -17,6 +17,7 @@ cache (in-memory cache of the decoded training examples).
 """
 
 import dataclasses
+import difflib
 import functools
 import math
 import os
@@ -93,7 +94,14 @@ def _get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
         if not builder.is_prepared():
           raise
     return builder
-  return tfds.builder(config.dataset, data_dir=config.data_dir)
+  try:
+    return tfds.builder(config.dataset, data_dir=config.data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    close = difflib.get_close_matches(config.dataset, tfds.list_builders(), n=3)
+    raise ValueError(
+        f'unknown dataset {config.dataset!r}; valid: {OFFLINE_DATASET}, {OFFLINE_DATASET}/tiny,'
+        f' {IMAGE_FOLDER} or a TFDS name (tfds.list_builders())'
+        + (f'; did you mean {", ".join(close)}?' if close else '')) from None
 
 
 def _not_prepared_error(builder: tfds.core.DatasetBuilder, config) -> ValueError:
@@ -268,6 +276,36 @@ def create_eval_iterator(
   have `mask` 0, real ones 1. `cache` does not apply: each call reads the split.
   """
   config = _data_config(config)
+  preprocess = functools.partial(preprocessing.preprocess_for_eval,
+                                 image_size=config.image_size,
+                                 crop_fraction=config.eval_crop_fraction)
+  return _eval_iterator(config, preprocess, local_batch_size, process_index, process_count)
+
+
+def create_multicrop_eval_iterator(
+    config: ml_collections.ConfigDict,
+    *,
+    crops: int,
+    local_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[Batch]:
+  """Like `create_eval_iterator`, with the `crops` views of each example.
+
+  Batches are {'image': float32 [B, crops, S, S, 3], 'label', 'mask'}; the views
+  are `preprocessing.eval_views` (crops=1 is `create_eval_iterator`'s central crop).
+  """
+  config = _data_config(config)
+  preprocessing.check_crops(crops)  # Before any data is read.
+  preprocess = functools.partial(preprocessing.eval_views, crops=crops,
+                                 image_size=config.image_size,
+                                 crop_fraction=config.eval_crop_fraction)
+  return _eval_iterator(config, preprocess, local_batch_size, process_index, process_count)
+
+
+def _eval_iterator(config, preprocess, local_batch_size, process_index,
+                   process_count) -> Iterator[Batch]:
+  """Batches of `preprocess(image)` over this process's part of the eval split, padded."""
   process_index, process_count = _processes(process_index, process_count)
   builder = _get_builder(config)
   examples = _read_process_split(
@@ -278,13 +316,11 @@ def create_eval_iterator(
   largest_part = math.ceil(_split_size(builder, config.eval_split, config) / process_count)
   num_batches = math.ceil(max(largest_part, _num_examples(examples)) / local_batch_size)
 
-  def preprocess(example: Example) -> Example:
-    image = preprocessing.preprocess_for_eval(
-        example['image'], config.image_size, config.eval_crop_fraction
-    )
-    return {'image': image, 'label': example['label'], 'mask': tf.ones([])}
+  def apply(example: Example) -> Example:
+    return {'image': preprocess(example['image']), 'label': example['label'],
+            'mask': tf.ones([])}
 
-  ds = examples.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = examples.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.ignore_errors(log_warning=True)  # Skip corrupt images.
   ds = ds.batch(local_batch_size)
   ds = ds.map(functools.partial(_pad_batch, batch_size=local_batch_size))
