@@ -5,14 +5,17 @@ write, `{"step": N, "train/loss": ..., ...}`.
 """
 
 
+import collections
 import json
 import os
+import re
 from typing import Any, Mapping
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from clu import metric_writers, metrics
 
 METRICS_FILE = 'metrics.jsonl'
@@ -29,6 +32,35 @@ def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, ja
 
 
 @flax.struct.dataclass
+class ResidualRatios(metrics.Metric):
+  """Mean over steps of the branch/shortcut norm ratio of each residual stage (empty if none)."""
+  totals: dict[str, jax.Array]
+  count: jax.Array
+
+  @classmethod
+  def from_model_output(cls, residual_ratio: dict[str, jax.Array], **_) -> 'ResidualRatios':
+    return cls(totals=residual_ratio, count=jnp.ones((), jnp.int32))
+
+  def merge(self, other: 'ResidualRatios') -> 'ResidualRatios':
+    return type(self)(jax.tree.map(jnp.add, self.totals, other.totals), self.count + other.count)
+
+  def compute(self) -> dict[str, jax.Array]:
+    return {name: total / self.count for name, total in self.totals.items()}
+
+
+def residual_ratios(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """Per stage, the mean over its blocks of the sown `residual_ratio` (paper sec. 3.3).
+
+  Repeated blocks (`InceptionResNetA_0`, `_1`, ... or one scanned stack) form one stage.
+  """
+  per_stage = collections.defaultdict(list)
+  for path, values in flax.traverse_util.flatten_dict(intermediates).items():
+    if path[-1] == 'residual_ratio':
+      per_stage[re.sub(r'_\d+$', '', path[0])] += [jnp.ravel(v) for v in values]
+  return {stage: jnp.mean(jnp.concatenate(v)) for stage, v in per_stage.items()}
+
+
+@flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   loss: metrics.Average.from_output('loss')
   top1_error: metrics.Average.from_output('top1_error')
@@ -38,6 +70,7 @@ class TrainMetrics(metrics.Collection):
   pre_pool_zero_fraction: metrics.Average.from_output('pre_pool_zero_fraction')
   dead_unit_fraction: metrics.LastValue.from_output('dead_unit_fraction')
   skipped_steps: metrics.LastValue.from_output('skipped_steps')
+  residual_ratio: ResidualRatios
 
 
 @flax.struct.dataclass
@@ -51,14 +84,34 @@ class EvalMetrics(metrics.Collection):
 
 
 def with_accuracy(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
-  """Prefixes names and adds top-k accuracy beside each top-k error."""
+  """Prefixes names and adds top-k accuracy beside each top-k error; flattens dicts."""
   out = {}
   for name, value in values.items():
+    if isinstance(value, Mapping):  # e.g. residual_ratio/<stage>
+      out.update(with_accuracy(value, f'{prefix}/{name}'))
+      continue
     value = float(np.asarray(value))
     out[f'{prefix}/{name}'] = value
     if name.endswith('_error') and 'top' in name:
       out[f'{prefix}/{name[:-len("_error")]}_accuracy'] = 1.0 - value
   return out
+
+
+def train_scalars(values: Mapping[str, Any], step: int) -> dict[str, float]:
+  """The train scalars to write at `step`, with `train/network_dead` (paper sec. 3.3).
+
+  A network has died when the last layer before the average pool outputs only zeros;
+  as ReLUs pass no gradient at zero, it does not recover. The check uses the mean
+  over the steps since the last write, so it fires once every one of them was dead.
+  """
+  scalars = with_accuracy(values, 'train')
+  dead = scalars['train/pre_pool_zero_fraction'] >= 1.0
+  scalars['train/network_dead'] = float(dead)
+  if dead:
+    logging.warning('NETWORK DIED: at step %d every activation before the average pool has '
+                    'been zero since the last log (paper sec. 3.3); lower the residual scale '
+                    'or the learning rate.', step)
+  return scalars
 
 
 class JsonlWriter(metric_writers.MetricWriter):

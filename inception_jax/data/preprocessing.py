@@ -131,3 +131,102 @@ def preprocess_for_eval(
   """Central crop and resize; float32 [image_size, image_size, 3] in [-1, 1]."""
   image = decode_and_crop(image, lambda shape: central_crop_window(shape, crop_fraction))
   return _to_signed_unit_range(resize(image, image_size))
+
+
+# --- Multi-crop evaluation views ------------------------------------------------
+# Sizes of the protocols are given for 224 px crops (GoogLeNet, Szegedy et al. 2014
+# sec. 7); every length scales by image_size / 224.
+CROP_COUNTS = (1, 10, 12, 144)
+TEN_CROP_SCALE = 256
+GOOGLENET_SCALES = (256, 288, 320, 352)
+
+
+def check_crops(crops: int) -> None:
+  if crops not in CROP_COUNTS:
+    raise ValueError(f'crops={crops!r} is invalid; valid: {", ".join(map(str, CROP_COUNTS))}')
+
+
+def decode(image: tf.Tensor) -> tf.Tensor:
+  """uint8 [H, W, 3] of encoded bytes or of an already decoded image."""
+  if image.dtype != tf.string:
+    return image
+  decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
+  decoded.set_shape([None, None, 3])
+  return decoded
+
+
+def _scaled(length: int, image_size: int) -> int:
+  return round(length * image_size / 224)
+
+
+def resize_shorter_side(image: tf.Tensor, side: int) -> tf.Tensor:
+  """Bilinear resize keeping the aspect ratio, shorter side `side`; float32 in [0, 255]."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  size = tf.maximum(side, tf.cast(tf.round(shape * side / tf.reduce_min(shape)), tf.int32))
+  return tf.image.resize(image, size, method='bilinear')
+
+
+def five_crops(image: tf.Tensor, size: int) -> list[tf.Tensor]:
+  """Top-left, top-right, bottom-left, bottom-right and centre `size` squares."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  offsets = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
+             ((height - size) // 2, (width - size) // 2)]
+  return [tf.image.crop_to_bounding_box(image, y, x, size, size) for y, x in offsets]
+
+
+def three_squares(image: tf.Tensor) -> list[tf.Tensor]:
+  """Left, centre, right (or top, middle, bottom) squares of side min(H, W)."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  side = tf.minimum(height, width)
+  extra_y, extra_x = height - side, width - side
+  return [tf.image.crop_to_bounding_box(image, extra_y * k // 2, extra_x * k // 2, side, side)
+          for k in range(3)]
+
+
+def _with_mirrors(views: list[tf.Tensor], image_size: int) -> tf.Tensor:
+  """[2V, S, S, 3] in [-1, 1]: the views, then each one flipped left-right."""
+  stacked = tf.stack(views)
+  stacked.set_shape([len(views), image_size, image_size, 3])
+  views = tf.concat([stacked, tf.image.flip_left_right(stacked)], axis=0)
+  return _to_signed_unit_range(views / 255.0)
+
+
+def _googlenet_views(image: tf.Tensor, image_size: int, scales: tuple[int, ...],
+                     squares: slice) -> list[tf.Tensor]:
+  """For each scale and square: its five crops and the whole square resized."""
+  views = []
+  for scale in scales:
+    resized = resize_shorter_side(image, _scaled(scale, image_size))
+    for square in three_squares(resized)[squares]:
+      views += five_crops(square, image_size)
+      views.append(tf.image.resize(square, [image_size, image_size], method='bilinear'))
+  return views
+
+
+def eval_views(image: tf.Tensor, crops: int, image_size: int,
+               crop_fraction: float = 0.875) -> tf.Tensor:
+  """The `crops` evaluation views of one image: float32 [crops, S, S, 3] in [-1, 1].
+
+  1: `preprocess_for_eval`, the central crop of training's evaluation.
+  10: shorter side resized to 256 (for S = 224), the four corner and the centre
+    S x S crops, and their mirrors.
+  12: shorter side 256, the central square: its five crops and the square resized
+    to S, and their mirrors (the 256 / central-square part of the 144 views; the
+    papers do not spell out their 12 crops).
+  144: GoogLeNet's: shorter side 256, 288, 320 and 352; the left, centre and right
+    (or top, middle, bottom) squares; five crops and the resized square of each;
+    and their mirrors: 4 x 3 x 6 x 2.
+  Views are ordered scale, square, crop (corners, centre, whole), then all mirrors.
+  """
+  check_crops(crops)
+  if crops == 1:
+    return preprocess_for_eval(image, image_size, crop_fraction)[None]
+  image = decode(image)
+  if crops == 10:
+    resized = resize_shorter_side(image, _scaled(TEN_CROP_SCALE, image_size))
+    return _with_mirrors(five_crops(resized, image_size), image_size)
+  if crops == 12:
+    views = _googlenet_views(image, image_size, GOOGLENET_SCALES[:1], slice(1, 2))
+  else:
+    views = _googlenet_views(image, image_size, GOOGLENET_SCALES, slice(None))
+  return _with_mirrors(views, image_size)

@@ -8,8 +8,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from inception_jax.models.networks import (ARCHS, MIN_IMAGE_SIZE, VARIANTS, Inception,
-                                           check_repeats, stack_repeats, unstack_repeats)
+from inception_jax.models.networks import (ARCHS, MIN_IMAGE_SIZE, STEM_STRIDES, VARIANTS,
+                                           Inception, check_repeats, stack_repeats,
+                                           stem_has_pool_switch, unstack_repeats)
 
 __all__ = ['ARCHS', 'VARIANTS', 'MIN_IMAGE_SIZE', 'Inception', 'create_model', 'model_options',
            'stack_repeats', 'unstack_repeats']
@@ -33,7 +34,8 @@ def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> Inc
       `residual_scale` (a float or one per grid: 35x35, 17x17, 8x8), `use_residual`,
       `width_multiplier`, `repeats` (A, B, C block counts), `bn_scale`, `bn_momentum`,
       `bn_epsilon`, `aux_logits`, `dropout_rate`, `dtype`, `scan_blocks`, `remat`,
-      `conv1x1_as_dot`.
+      `conv1x1_as_dot`, `stem_stride` (1 or 2) and `stem_pool` (the lower-resolution
+      study of the v3 paper sec. 9).
 
   Raises:
     ValueError: for an unknown name or option, or an option value out of range.
@@ -66,6 +68,14 @@ def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> Inc
   if 'repeats' in options and options['repeats'] is not None:
     check_repeats(options['repeats'], name, variant)
     options['repeats'] = tuple(int(r) for r in options['repeats'])
+  stride = options.get('stem_stride', 2)
+  if isinstance(stride, bool) or stride not in STEM_STRIDES:
+    raise ValueError(f'stem_stride={stride!r} is invalid; valid: '
+                     f'{", ".join(map(str, STEM_STRIDES))}')
+  if not options.get('stem_pool', True) and not stem_has_pool_switch(name, variant):
+    raise ValueError(f'stem_pool=False is invalid for {name} ({variant}): its first max pool is '
+                     'a branch of Mixed_3a (Fig. 3); it applies to inception_v3, '
+                     'inception_resnet_v1 and inception_resnet_v2 (slim)')
   rate = options.get('dropout_rate', 0.2)
   if not 0.0 <= rate < 1.0:
     raise ValueError(f'dropout_rate={rate!r} must be in [0, 1)')

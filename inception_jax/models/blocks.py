@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from inception_jax.models.layers import (AVG_POOL, MAX_POOL_REDUCE, ConvBN, Fork,
-                                         LayerOptions, Layers,
+from inception_jax.models.layers import (AVG_POOL, IDENTITY_POOL, MAX_POOL_REDUCE, ConvBN,
+                                         Fork, LayerOptions, Layers, Pool,
                                          alternating, concat_branches, conv, reduce_conv)
 
 Kernel = tuple[int, int]
@@ -75,35 +75,56 @@ def _norm(x: jax.Array) -> jax.Array:
 
 # --- Stems -------------------------------------------------------------------
 
-class StemV3(Block):
+class Stem(Block):
+  """A stem with the knobs of the lower-resolution study (v3 paper sec. 9).
+
+  `stride` is the first conv's (2 in the figures); `pool=False` replaces the first
+  3x3/2 max pool by an identity, keeping every later layer's name and weights. At
+  equal parameters and about equal cost: 299 px with (2, True), 151 px with
+  (1, True) and 79 px with (1, False) all reach the 35x35 grid (36x36 for 79 px).
+  """
+  stride: int = 2
+  pool: bool = True
+
+  @property
+  def first_pool(self) -> Pool:
+    return MAX_POOL_REDUCE if self.pool else IDENTITY_POOL
+
+
+class StemV3(Stem):
   """Inception-v3 stem (v3 paper Table 1; TF-Slim Conv2d_1a..MaxPool_5a): 299 -> 35x35x192.
 
   Also the stem of the TF-Slim / Keras / timm Inception-ResNet-v2.
   """
 
   def branches(self) -> Sequence[Layers]:
-    return ((conv(32, 3, 2, 'VALID'), conv(32, 3, padding='VALID'), conv(64, 3),
-             MAX_POOL_REDUCE, conv(80, 1, padding='VALID'), conv(192, 3, padding='VALID'),
+    return ((conv(32, 3, self.stride, 'VALID'), conv(32, 3, padding='VALID'), conv(64, 3),
+             self.first_pool, conv(80, 1, padding='VALID'), conv(192, 3, padding='VALID'),
              MAX_POOL_REDUCE),)
 
 
-class StemResNetV1(Block):
+class StemResNetV1(Stem):
   """Inception-ResNet-v1 stem (paper Fig. 14): 299 -> 35x35x256."""
 
   def branches(self) -> Sequence[Layers]:
-    return ((conv(32, 3, 2, 'VALID'), conv(32, 3, padding='VALID'), conv(64, 3),
-             MAX_POOL_REDUCE, conv(80, 1), conv(192, 3, padding='VALID'), reduce_conv(256)),)
+    return ((conv(32, 3, self.stride, 'VALID'), conv(32, 3, padding='VALID'), conv(64, 3),
+             self.first_pool, conv(80, 1), conv(192, 3, padding='VALID'), reduce_conv(256)),)
 
 
 class StemV4(nn.Module):
-  """Inception-v4 and Inception-ResNet-v2 stem (paper Fig. 3): 299 -> 35x35x384."""
+  """Inception-v4 and Inception-ResNet-v2 stem (paper Fig. 3): 299 -> 35x35x384.
+
+  `stride` is the first conv's; its first max pool is a branch of Mixed_3a, so it
+  has no `pool` switch.
+  """
   opts: LayerOptions = LayerOptions()
+  stride: int = 2
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     valid = dict(padding='VALID')
     layers = (
-        ('Conv2d', ((conv(32, 3, 2, 'VALID'), conv(32, 3, **valid), conv(64, 3)),)),
+        ('Conv2d', ((conv(32, 3, self.stride, 'VALID'), conv(32, 3, **valid), conv(64, 3)),)),
         ('Mixed_3a', ((MAX_POOL_REDUCE,), (reduce_conv(96),))),
         ('Mixed_4a', ((conv(64), conv(96, 3, **valid)),
                       (conv(64), conv(64, (1, 7)), conv(64, (7, 1)), conv(96, 3, **valid)))),

@@ -84,6 +84,8 @@ def reduce_conv(features: int, kernel: int = 3) -> Conv:
 
 
 MAX_POOL_REDUCE = Pool('max', strides=2, padding='VALID')
+# A 1x1 pool: an identity that holds a removed pool's place, so later layers keep their names.
+IDENTITY_POOL = Pool('max', window=1)
 AVG_POOL = Pool('avg')
 
 

@@ -119,6 +119,14 @@ DEFAULT_REPEATS = {
     # Slim's 10 block8 count the final linear one, which is its own stage here.
     ('inception_resnet_v2', 'slim'): (10, 20, 10),
 }
+STEM_STRIDES = (1, 2)
+
+
+def stem_has_pool_switch(arch: str, variant: str) -> bool:
+  """Whether the stem's first max pool can be removed (`stem_pool=False`)."""
+  return issubclass(LAYOUTS[arch](variant)[0].block, B.Stem)
+
+
 AUX_AFTER = {'inception_v3': 'Mixed_6e'}  # Others: after their 17x17 (B) stage.
 
 
@@ -156,6 +164,8 @@ class Inception(nn.Module):
   scan_blocks: bool = False
   remat: bool = False
   conv1x1_as_dot: bool = True
+  stem_stride: int = 2
+  stem_pool: bool = True
 
   @property
   def layer_options(self) -> LayerOptions:
@@ -171,6 +181,10 @@ class Inception(nn.Module):
     out = []
     for stage in LAYOUTS[self.arch](self.variant):
       fields = dict(stage.fields)
+      if stage.name == 'Stem':
+        fields['stride'] = self.stem_stride
+        if not self.stem_pool:
+          fields['pool'] = False
       if stage.grid is not None:
         fields.setdefault('scale', scales[stage.grid])
         fields['use_residual'] = self.use_residual

@@ -1,6 +1,8 @@
 """Per-stage output shape, parameters and FLOPs of a network, as a table.
 
     python -m inception_jax.models.summary inception_resnet_v2 --variant=slim
+    python -m inception_jax.models.summary inception_v3 --image_size=79 --stem_stride=1 \
+        --no_stem_pool
 
 FLOPs are XLA's cost analysis of each stage's forward pass for one image
 (a multiply-add counts as two), taken from the lowered HLO, so nothing
@@ -86,9 +88,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--num_classes', type=int, default=1000)
   parser.add_argument('--width_multiplier', type=float, default=1.0)
   parser.add_argument('--bn_scale', action='store_true')
+  parser.add_argument('--stem_stride', type=int, default=2, help='1 or 2 (v3 paper sec. 9)')
+  parser.add_argument('--no_stem_pool', action='store_true',
+                      help="remove the stem's first max pool (v3 paper sec. 9)")
   args = parser.parse_args(argv)
   model = create_model(args.model, num_classes=args.num_classes, variant=args.variant,
-                       width_multiplier=args.width_multiplier, bn_scale=args.bn_scale)
+                       width_multiplier=args.width_multiplier, bn_scale=args.bn_scale,
+                       stem_stride=args.stem_stride, stem_pool=not args.no_stem_pool)
   print(f'{args.model} ({args.variant}), {args.image_size}x{args.image_size}, per image')
   print(format_table(stage_stats(model, args.image_size)))
 

@@ -1,0 +1,140 @@
+"""A table of runs: final and best error, steps to a target accuracy, time, size and cost.
+
+    python -m experiments.summarize runs/offline_comparison --targets=0.5,0.7 \
+        --csv=summary.csv
+
+Arguments are run directories or directories of runs (a sweep's workdir). Errors are
+those of the evaluations (`eval/`, or the EMA weights' `eval/ema_` with --ema), in
+percent; "steps to X%" is the first evaluated step whose top-1 accuracy reached X, the
+paper's "residual connections accelerate training" in one number. Wall-clock is the
+training loop's time (compilation and evaluations included). Params and GFLOPs are
+those of the network the run's config builds: one image at the run's image size,
+forward, without the auxiliary head, a multiply-add counted as 2 FLOPs. A run whose
+last layer before the average pool went all zero is marked DIED (paper sec. 3.3).
+The markdown table goes to stdout; --csv writes the same rows with raw values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+from typing import Any, Callable, Sequence
+
+from experiments import runs as runs_lib
+from inception_jax.models import create_model, summary
+
+
+@functools.lru_cache(maxsize=None)
+def _cost(model_json: str, num_classes: int, image_size: int) -> tuple[int, float]:
+  model = create_model(num_classes=num_classes, **json.loads(model_json))
+  rows = summary.stage_stats(model, image_size)
+  return sum(r.params for r in rows), sum(r.flops for r in rows)
+
+
+def model_cost(run: runs_lib.Run) -> tuple[int, float]:
+  """(parameters, forward FLOPs per image) of the run's network."""
+  num_classes = runs_lib.dataset_info(run.config).num_classes
+  return _cost(json.dumps(run.config['model'], sort_keys=True), num_classes,
+               run.config['image_size'])
+
+
+def status(run: runs_lib.Run) -> str:
+  """'finished', 'at step s/N', with 'DIED at step d' and skipped updates when so."""
+  parts = ['finished' if run.finished else f'at step {run.last_step}/{run.total_steps}']
+  if run.died_at is not None:
+    parts.insert(0, f'DIED at step {run.died_at}')
+  if run.skipped_steps:
+    parts.append(f'{run.skipped_steps} non-finite steps skipped')
+  return ', '.join(parts)
+
+
+def target_column(accuracy: float) -> str:
+  return f'steps to {100 * accuracy:g}%'
+
+
+def summary_rows(runs: Sequence[runs_lib.Run], targets: Sequence[float] = (),
+                 ema: bool = False, cost: bool = True) -> list[dict[str, Any]]:
+  """One dict per run with raw values (errors as fractions, None where not logged)."""
+  prefix = 'eval/ema_' if ema else 'eval/'
+  rows = []
+  for run, label in zip(runs, runs_lib.labels(list(runs))):
+    row = {'run': label, 'status': status(run), 'step': run.last_step,
+           'top-1 final': run.last(prefix + 'top1_error'),
+           'top-1 best': run.best(prefix + 'top1_error'),
+           'top-5 final': run.last(prefix + 'top5_error'),
+           'top-5 best': run.best(prefix + 'top5_error')}
+    for accuracy in targets:
+      row[target_column(accuracy)] = run.steps_to_reach(accuracy, prefix + 'top1_accuracy')
+    row['wall-clock s'] = run.wall_clock_seconds
+    if cost:
+      row['params'], row['GFLOPs'] = model_cost(run)
+      row['GFLOPs'] /= 1e9
+    rows.append(row)
+  return rows
+
+
+_FORMATS: dict[str, Callable[[Any], str]] = {
+    'wall-clock s': lambda v: f'{v:.0f}', 'params': lambda v: f'{v / 1e6:.3f}M',
+    'GFLOPs': lambda v: f'{v:.4f}'}
+
+
+def _format(column: str, value: Any) -> str:
+  if value is None:
+    return '-'
+  if column.startswith('top-'):
+    return f'{100 * value:.1f}'
+  return _FORMATS.get(column, str)(value)
+
+
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+  """A markdown table of `rows`; errors in percent, '-' for never logged / never reached."""
+  columns = list(rows[0])
+  header = [f'{c} err. %' if c.startswith('top-') else c for c in columns]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(columns)]
+  for row in rows:
+    lines.append('| ' + ' | '.join(_format(c, row[c]) for c in columns) + ' |')
+  return '\n'.join(lines)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def parse_targets(text: str) -> list[float]:
+  """'0.5,0.7' -> [0.5, 0.7]; each an accuracy in (0, 1]."""
+  try:
+    targets = [float(t) for t in text.split(',') if t.strip()]
+  except ValueError:
+    targets = []
+  if not targets or not all(0 < t <= 1 for t in targets):
+    raise ValueError(f'--targets={text!r} is invalid: give accuracies in (0, 1], '
+                     'comma-separated, e.g. 0.5,0.7')
+  return targets
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('runs', nargs='+', help='Run directories or directories of runs.')
+  parser.add_argument('--targets', default='0.5',
+                      help='Top-1 accuracies for the "steps to X%%" columns, e.g. 0.5,0.7.')
+  parser.add_argument('--ema', action='store_true', help='Errors of the EMA weights.')
+  parser.add_argument('--csv', help='Also write the rows to this CSV file.')
+  parser.add_argument('--no_cost', action='store_true', help='Skip params and FLOPs.')
+  args = parser.parse_args(argv)
+  try:
+    rows = summary_rows(runs_lib.find_runs(args.runs), parse_targets(args.targets),
+                        ema=args.ema, cost=not args.no_cost)
+  except ValueError as e:
+    parser.error(str(e))
+  print(format_markdown(rows))
+  if args.csv:
+    write_csv(rows, args.csv)
+
+
+if __name__ == '__main__':
+  main()
