@@ -252,7 +252,15 @@ def evaluate(state: TrainState, p_eval_step: Callable, config, mesh, num_eval_ex
   for batch in _eval_batches(config, local_batch, num_steps, template):
     m = p_eval_step(state, parallel.to_global(batch, mesh))
     collected = m if collected is None else collected.merge(m)
-  return metrics_lib.with_accuracy(collected.compute(), 'eval')
+  scalars = metrics_lib.with_accuracy(collected.compute(), 'eval')
+  # The input pipeline skips examples it cannot decode; count them here.
+  expected = min(num_eval_examples, num_steps * eval_batch)
+  skipped = expected - int(collected.loss.count)
+  scalars['eval/skipped_examples'] = skipped
+  if skipped:
+    logging.warning('%d of the %d evaluation examples of %s could not be decoded and were '
+                    'skipped.', skipped, expected, config.dataset)
+  return scalars
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

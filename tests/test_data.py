@@ -1,6 +1,7 @@
 """Tests of inception_jax.data: offline dataset, preprocessing, input pipelines."""
 
 import collections
+import json
 import os
 
 import ml_collections
@@ -9,9 +10,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from inception_jax import train
 from inception_jax.data import input_pipeline
 from inception_jax.data import offline
 from inception_jax.data import preprocessing
+from tests.util import tiny_config
 
 TINY = 'offline_shapes/tiny'  # 200 train / 50 test examples.
 IMAGE_SIZE = 32
@@ -242,6 +245,17 @@ def test_image_folder_skips_corrupt_images(tmp_path):
   ]
   assert len(parts[0]) + len(parts[1]) == 10  # The corrupt file is skipped.
   assert not set(parts[0]) & set(parts[1])
+
+
+def test_training_counts_the_corrupt_evaluation_examples(tmp_path):
+  _write_image_folder(tmp_path / 'images')
+  config = tiny_config(str(tmp_path / 'tfds'), dataset='image_folder',
+                       image_folder=os.fspath(tmp_path / 'images'), num_train_steps=1,
+                       batch_size=4, eval_batch_size=4, eval_every_steps=1, steps_per_eval=-1)
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    evals = [line for line in map(json.loads, f) if 'eval/skipped_examples' in line]
+  assert [line['eval/skipped_examples'] for line in evals] == [1]  # 11 files, 10 images.
 
 
 @pytest.mark.parametrize('shape', [(8, 8, 3), (7, 40, 3), (1, 1, 3)])
