@@ -1,0 +1,383 @@
+"""Compile time, train and inference speed, FLOP rate and peak memory of the networks.
+
+    python benchmarks/step_time.py --model=inception_resnet_v2 --batch=8 --image_size=299
+    python benchmarks/step_time.py --model=inception_resnet_v2 --scan_blocks=true,false --json
+    python benchmarks/step_time.py --model=inception_v3,inception_resnet_v2 --compare_keras
+
+Every option that takes a comma-separated list is swept (all combinations), and each
+setting runs in a fresh process of its own, on one device, so that compile caches and
+peak memory do not carry over from one setting to the next. The train step is the real
+one (`inception_jax.train.train_step`: loss with label smoothing and L2, clipped TF-form
+RMSProp, parameter EMA) on a fixed random batch: input pipeline time is not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+MODELS = ('inception_v3', 'inception_v4', 'inception_resnet_v1', 'inception_resnet_v2')
+# Keras applications with the same network (slim layout, no auxiliary head).
+KERAS_MODELS = {'inception_v3': 'InceptionV3', 'inception_resnet_v2': 'InceptionResNetV2'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One row of the table: a network and the options it is compiled with."""
+  model: str
+  batch: int
+  image_size: int
+  width_multiplier: float
+  scan_blocks: bool
+  remat: bool
+  conv1x1_as_dot: bool
+  dtype: str
+
+
+# --- Measuring one setting (runs in the worker process). ----------------------
+
+def _median_seconds(fn: Callable[[], Any], steps: int) -> float:
+  """Median wall time of `fn()` over `steps` calls; `fn` blocks until its result is ready."""
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB.
+
+
+def _flops(fn: Callable, *args) -> float:
+  """XLA's FLOP count of `fn(*args)` from the lowered (unoptimized) HLO."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return float((jax.jit(fn).lower(*args).cost_analysis() or {}).get('flops', 0.0))
+
+
+def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
+  """Times one setting: compile, steady-state train and inference steps, memory."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from configs import default
+  from inception_jax import optim, train
+
+  rss_after_import = _peak_rss_mb()
+  config = default.imagenet(default.get_config(), setting.model)
+  config.model.variant = args.variant
+  config.model.width_multiplier = setting.width_multiplier
+  config.model.aux_logits = args.aux_logits
+  config.model.dtype = setting.dtype
+  config.model.scan_blocks = setting.scan_blocks
+  config.model.remat = setting.remat
+  config.model.conv1x1_as_dot = setting.conv1x1_as_dot
+  config.model.repeats = args.repeats or ()
+  config.image_size = setting.image_size
+  config.batch_size = setting.batch
+  model = train.create_model_from_config(config, args.num_classes)
+  tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch=1000))
+  # XLA's RngBitGenerator compiles ~3x faster than threefry for the hundreds of initializers
+  # of the full networks (unrolled IR-v2: 31 s vs 85 s here); the values do not matter.
+  with jax.default_prng_impl('unsafe_rbg'):
+    state = jax.jit(functools.partial(train.create_train_state, model, config, tx))()
+  rng = np.random.RandomState(0)
+  batch = {
+      'image': jnp.asarray(rng.uniform(-1, 1, (setting.batch, setting.image_size,
+                                                setting.image_size, 3)), jnp.float32),
+      'label': jnp.asarray(rng.randint(0, args.num_classes, setting.batch), jnp.int32)}
+  num_params = sum(p.size for p in jax.tree.leaves(state.params))
+
+  step_fn = functools.partial(train.train_step, model=model, config=config, tx=tx)
+  start = time.perf_counter()
+  lowered = jax.jit(step_fn, donate_argnums=(0,)).lower(state, batch)
+  lower_s = time.perf_counter() - start
+  train_step = lowered.compile()
+  compile_s = time.perf_counter() - start
+  memory = train_step.memory_analysis()
+  start = time.perf_counter()
+  state, _ = train_step(state, batch)
+  jax.block_until_ready(state)
+  first_step_s = compile_s + time.perf_counter() - start
+
+  def one_train_step():
+    nonlocal state
+    state, metrics = train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+
+  for _ in range(args.warmup):
+    one_train_step()
+  train_s = _median_seconds(one_train_step, args.steps)
+  train_rss = _peak_rss_mb()
+
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  infer_fn = lambda v, x: model.apply(v, x, train=False)
+  start = time.perf_counter()
+  infer = jax.jit(infer_fn).lower(variables, batch['image']).compile()
+  infer_compile_s = time.perf_counter() - start
+  run_infer = lambda: jax.block_until_ready(infer(variables, batch['image']))
+  for _ in range(args.warmup + 1):
+    run_infer()
+  infer_s = _median_seconds(run_infer, args.steps)
+  peak_rss = _peak_rss_mb()
+
+  # FLOPs of the plain network (unrolled, no remat) so that every variant is credited
+  # with the same useful work: XLA counts a scanned body once and remat's recompute extra.
+  plain_model = model.clone(scan_blocks=False, remat=False)
+  plain_state = jax.eval_shape(functools.partial(
+      train.create_train_state, plain_model, config, tx))
+  if setting.scan_blocks or setting.remat:
+    train_flops = _flops(functools.partial(train.train_step, model=plain_model, config=config,
+                                           tx=tx), plain_state, batch)
+  else:  # Already plain: lowering it again would only cost time.
+    train_flops = float((lowered.cost_analysis() or {}).get('flops', 0.0))
+  infer_flops = _flops(lambda v, x: plain_model.apply(v, x, train=False),
+                       {'params': plain_state.params, 'batch_stats': plain_state.batch_stats},
+                       batch['image'])
+
+  result = dataclasses.asdict(setting)
+  result.update(
+      variant=args.variant, repeats=args.repeats, params=int(num_params),
+      aux_logits=args.aux_logits,
+      compile_s=round(compile_s, 2), lower_s=round(lower_s, 2),
+      first_step_s=round(first_step_s, 2), infer_compile_s=round(infer_compile_s, 2),
+      train_step_ms=round(1e3 * train_s, 1), infer_step_ms=round(1e3 * infer_s, 1),
+      train_img_s=round(setting.batch / train_s, 3),
+      infer_img_s=round(setting.batch / infer_s, 3),
+      gflops_per_img=float(f'{infer_flops / setting.batch / 1e9:.4g}'),
+      train_gflops_per_img=float(f'{train_flops / setting.batch / 1e9:.4g}'),
+      train_gflop_s=round(train_flops / train_s / 1e9, 1),
+      infer_gflop_s=round(infer_flops / infer_s / 1e9, 1),
+      xla_temp_mb=round(memory.temp_size_in_bytes / 2**20, 1) if memory else None,
+      train_peak_rss_mb=round(train_rss), peak_rss_mb=round(peak_rss),
+      rss_after_import_mb=round(rss_after_import),
+      steps=args.steps, device=str(jax.devices()[0].device_kind),
+      num_devices=jax.device_count(), jax=jax.__version__)
+  if args.compare_keras and setting.model in KERAS_MODELS:
+    result.update(measure_keras(setting, args))
+  return result
+
+
+def measure_keras(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
+  """The same network in Keras 3 on the JAX backend: first train step, train and predict."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  if keras.backend.backend() != 'jax':
+    raise ValueError(f'Keras runs on {keras.backend.backend()!r}; set KERAS_BACKEND=jax')
+  if (setting.width_multiplier != 1.0 or setting.dtype != 'float32' or
+      args.variant != 'slim'):
+    return {}  # Keras has only the full-width float32 slim network.
+  build = getattr(keras.applications, KERAS_MODELS[setting.model])
+  net = build(weights=None, input_shape=(setting.image_size, setting.image_size, 3),
+              classes=args.num_classes, classifier_activation=None)
+  net.compile(optimizer=keras.optimizers.RMSprop(0.045, rho=0.9, momentum=0.9, epsilon=1.0),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  rng = np.random.RandomState(0)
+  x = rng.uniform(-1, 1, (setting.batch, setting.image_size, setting.image_size, 3)).astype(
+      np.float32)
+  y = rng.randint(0, args.num_classes, setting.batch).astype(np.int32)
+  start = time.perf_counter()
+  net.train_on_batch(x, y)  # Returns host values: the step has finished.
+  first_step_s = time.perf_counter() - start
+  for _ in range(args.warmup):
+    net.train_on_batch(x, y)
+  train_s = _median_seconds(lambda: net.train_on_batch(x, y), args.steps)
+  for _ in range(args.warmup + 1):
+    net.predict_on_batch(x)
+  infer_s = _median_seconds(lambda: net.predict_on_batch(x), args.steps)
+  return {'keras_params': int(net.count_params()),
+          'keras_first_step_s': round(first_step_s, 2),
+          'keras_train_img_s': round(setting.batch / train_s, 3),
+          'keras_infer_img_s': round(setting.batch / infer_s, 3)}
+
+
+# --- Sweeping settings, each in its own process, and the table. ---------------
+
+def _worker_env() -> dict[str, str]:
+  """The environment of a worker: one CPU device, Keras on JAX, quiet TensorFlow."""
+  env = dict(os.environ)
+  flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', env.get('XLA_FLAGS', ''))
+  env['XLA_FLAGS'] = flags.strip()
+  env.pop('JAX_NUM_CPU_DEVICES', None)
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)  # Compile time must be measured, not cached.
+  env['KERAS_BACKEND'] = 'jax'
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  return env
+
+
+def run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
+  """Measures `setting` in a fresh worker process and returns its JSON record."""
+  command = [sys.executable, os.path.abspath(__file__), '--worker',
+             f'--model={setting.model}', f'--batch={setting.batch}',
+             f'--image_size={setting.image_size}',
+             f'--width_multiplier={setting.width_multiplier}',
+             f'--scan_blocks={setting.scan_blocks}', f'--remat={setting.remat}',
+             f'--conv1x1_as_dot={setting.conv1x1_as_dot}', f'--dtype={setting.dtype}',
+             f'--variant={args.variant}', f'--num_classes={args.num_classes}',
+             f'--aux_logits={args.aux_logits}', f'--steps={args.steps}',
+             f'--warmup={args.warmup}'] + (['--compare_keras'] if args.compare_keras else []) + (
+                 [f'--repeats={",".join(map(str, args.repeats))}'] if args.repeats else [])
+  proc = subprocess.run(command, env=_worker_env(), cwd=REPO, capture_output=True, text=True)
+  records = [line for line in proc.stdout.splitlines() if line.startswith('{')]
+  if proc.returncode or not records:
+    sys.stderr.write(proc.stderr[-4000:])
+    raise RuntimeError(f'{setting} failed with exit code {proc.returncode}')
+  return json.loads(records[-1])
+
+
+COLUMNS = (  # (heading, key, format)
+    ('model', 'model', '{}'), ('batch', 'batch', '{}'), ('size', 'image_size', '{}'),
+    ('width', 'width_multiplier', '{:g}'), ('blocks', 'repeats', '{}'),
+    ('scan', 'scan_blocks', '{:d}'),
+    ('remat', 'remat', '{:d}'), ('1x1dot', 'conv1x1_as_dot', '{:d}'), ('dtype', 'dtype', '{}'),
+    ('compile s', 'compile_s', '{:.1f}'), ('train img/s', 'train_img_s', '{:.2f}'),
+    ('infer img/s', 'infer_img_s', '{:.2f}'), ('GFLOP/img', 'gflops_per_img', '{:.3g}'),
+    ('train GFLOP/s', 'train_gflop_s', '{:.0f}'), ('infer GFLOP/s', 'infer_gflop_s', '{:.0f}'),
+    ('XLA temp MB', 'xla_temp_mb', '{:.0f}'), ('peak RSS MB', 'peak_rss_mb', '{:.0f}'),
+    ('keras 1st step s', 'keras_first_step_s', '{:.1f}'),
+    ('keras train img/s', 'keras_train_img_s', '{:.2f}'),
+    ('keras infer img/s', 'keras_infer_img_s', '{:.2f}'),
+)
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+  """A Markdown table of the records; Keras columns only when some record has them."""
+  columns = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in records)]
+  rows = [[c[0] for c in columns]]
+  for r in records:
+    rows.append(['-' if r.get(key) is None else fmt.format(r[key]) for _, key, fmt in columns])
+  if any('keras_train_img_s' in r for r in records):
+    rows[0] += ['train x keras', 'infer x keras']
+    for row, r in zip(rows[1:], records):
+      ratio = lambda k: (f'{r[k + "_img_s"] / r["keras_" + k + "_img_s"]:.2f}'
+                         if r.get('keras_' + k + '_img_s') else '-')
+      row += [ratio('train'), ratio('infer')]
+  lines = ['| ' + ' | '.join(row) + ' |' for row in rows]
+  lines.insert(1, '|' + '---|' * len(rows[0]))
+  return '\n'.join(lines)
+
+
+# --- Command line. -------------------------------------------------------------
+
+def _bool(text: str) -> bool:
+  if text.lower() in ('1', 'true', 'yes'):
+    return True
+  if text.lower() in ('0', 'false', 'no'):
+    return False
+  raise argparse.ArgumentTypeError(f'{text!r} is not a boolean; use true or false')
+
+
+def _list_of(kind: Callable[[str], Any], choices: Sequence[Any] | None = None):
+  """An argparse type: a comma-separated list of `kind`, each one of `choices`."""
+  allowed = (f'of: {", ".join(map(str, choices))}' if choices else
+             'of true/false values' if kind is _bool else f'of {kind.__name__} values')
+  def parse(text: str) -> list[Any]:
+    try:
+      values = [kind(v) for v in text.split(',') if v]
+    except ValueError:  # int('x'), float('x'); _bool says what is wrong itself.
+      values = []
+    if not values or any(choices is not None and v not in choices for v in values):
+      raise argparse.ArgumentTypeError(f'{text!r} is invalid; give a comma-separated list '
+                                       + allowed)
+    return values
+  return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--model', type=_list_of(str, MODELS), default=list(MODELS),
+                 help='networks to measure (default: all four)')
+  p.add_argument('--batch', type=_list_of(int), default=[8], help='images per step')
+  p.add_argument('--image_size', type=_list_of(int), default=[299],
+                 help='input side in pixels (at least 75)')
+  p.add_argument('--width_multiplier', type=_list_of(float), default=[1.0],
+                 help='scales every layer\'s depth')
+  p.add_argument('--scan_blocks', type=_list_of(_bool), default=[False],
+                 help='nn.scan over repeated blocks (one copy of each block in the HLO); '
+                      'off by default, as in training: faster steps on XLA:CPU')
+  p.add_argument('--remat', type=_list_of(_bool), default=[False],
+                 help='recompute each block in the backward pass (jax.checkpoint)')
+  p.add_argument('--conv1x1_as_dot', type=_list_of(_bool), default=[True],
+                 help='1x1 stride-1 convs as einsum over channels')
+  p.add_argument('--dtype', type=_list_of(str, ('float32', 'bfloat16')), default=['float32'],
+                 help='computation dtype; params and optimizer state stay float32')
+  p.add_argument('--variant', default='slim', choices=('slim', 'paper'),
+                 help='slim: the layout of the TF-Slim/Keras/timm checkpoints; paper: the '
+                      'figures of the paper')
+  p.add_argument('--repeats', type=_list_of(int), default=None,
+                 help='A,B,C: blocks in the repeated stages of inception_v4 and the '
+                      'inception_resnet networks (default: the paper\'s; small values for '
+                      'quick looks, e.g. how compile time grows with depth)')
+  p.add_argument('--aux_logits', type=_bool, default=False,
+                 help='auxiliary head (the Keras and timm peers have none)')
+  p.add_argument('--num_classes', type=int, default=1000, help='classifier outputs')
+  p.add_argument('--steps', type=int, default=5, help='timed steps (the median is reported)')
+  p.add_argument('--warmup', type=int, default=1, help='untimed steps after the first')
+  p.add_argument('--compare_keras', action='store_true',
+                 help='also time Keras InceptionV3/InceptionResNetV2 (JAX backend) in the '
+                      'same process')
+  p.add_argument('--json', action='store_true', help='one JSON object per setting per line')
+  p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  # After parsing, so that --help does not wait for JAX to import.
+  from inception_jax import models  # pylint: disable=g-import-not-at-top
+  for name in ('batch', 'image_size', 'width_multiplier'):
+    values = getattr(args, name)
+    if any(v <= 0 for v in values):
+      p.error(f'--{name}={",".join(map(str, values))} must be positive')
+  if min(args.image_size) < models.MIN_IMAGE_SIZE:
+    p.error(f'--image_size={",".join(map(str, args.image_size))} is below the minimum of '
+            f'{models.MIN_IMAGE_SIZE}')
+  if args.repeats is not None:
+    for model in args.model:
+      try:
+        models.check_repeats(args.repeats, model, args.variant)
+      except ValueError as e:
+        p.error(f'--repeats: {e}')
+  if args.steps < 1:
+    p.error(f'--steps={args.steps} must be >= 1')
+  if args.warmup < 0:
+    p.error(f'--warmup={args.warmup} must be >= 0')
+  return args
+
+
+def settings(args: argparse.Namespace) -> list[Setting]:
+  return [Setting(*values) for values in itertools.product(
+      args.model, args.batch, args.image_size, args.width_multiplier, args.scan_blocks,
+      args.remat, args.conv1x1_as_dot, args.dtype)]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = parse_args(argv)
+  if args.worker:
+    (setting,) = settings(args)
+    print(json.dumps(measure(setting, args)), flush=True)
+    return
+  records = []
+  for setting in settings(args):
+    record = run_setting(setting, args)
+    records.append(record)
+    if args.json:
+      print(json.dumps(record), flush=True)
+  if not args.json:
+    print(format_table(records))
+
+
+if __name__ == '__main__':
+  main()

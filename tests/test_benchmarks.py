@@ -1,0 +1,66 @@
+"""benchmarks/step_time.py: its JSON records, its table and its command-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import step_time
+from tests.util import REPO, subprocess_env
+
+SCRIPT = os.path.join(REPO, 'benchmarks', 'step_time.py')
+REQUIRED = ('model', 'batch', 'image_size', 'compile_s', 'train_img_s', 'infer_img_s',
+            'gflops_per_img', 'peak_rss_mb')
+
+
+def _run(*flags: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, SCRIPT, *flags], env=subprocess_env(), cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_scanned_and_unrolled_records_and_table():
+  # Two blocks per stage, so that a scanned body counted once would show in the FLOPs.
+  proc = _run('--json', '--model=inception_resnet_v1', '--variant=paper',
+              '--width_multiplier=0.125', '--image_size=75', '--batch=2', '--repeats=2,2,2',
+              '--steps=1', '--warmup=0', '--scan_blocks=true,false')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+  assert [r['scan_blocks'] for r in records] == [True, False]
+  for r in records:
+    assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
+    assert (r['model'], r['batch'], r['image_size'], r['repeats']) == (
+        'inception_resnet_v1', 2, 75, [2, 2, 2])
+    for key in ('compile_s', 'train_img_s', 'infer_img_s', 'gflops_per_img', 'peak_rss_mb'):
+      assert r[key] > 0, (key, r[key])
+    assert r['first_step_s'] >= r['compile_s'] >= r['lower_s']
+    assert r['peak_rss_mb'] >= r['train_peak_rss_mb'] >= r['rss_after_import_mb']
+    # A train step is a forward and a backward pass (~2x the forward) plus the update.
+    assert 2.5 < r['train_gflops_per_img'] / r['gflops_per_img'] < 5, r
+  scanned, unrolled = records
+  for key in ('params', 'gflops_per_img', 'train_gflops_per_img'):
+    assert scanned[key] == unrolled[key], key
+
+  table = step_time.format_table(records).splitlines()
+  assert len(table) == 4 and all(line.startswith('| ') for line in table[:1] + table[2:])
+  assert table[1] == '|' + '---|' * table[0].count(' | ') + '---|'
+  heading = [cell.strip() for cell in table[0].strip('|').split('|')]
+  assert heading[:6] == ['model', 'batch', 'size', 'width', 'blocks', 'scan']
+  assert 'keras train img/s' not in heading  # Keras columns only with --compare_keras.
+  assert [line.split(' | ')[5] for line in table[2:]] == ['1', '0']
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--model=inception_v5', "argument --model: 'inception_v5' is invalid; give a "
+                             'comma-separated list of: inception_v3, inception_v4'),
+    ('--scan_blocks=true,maybe', "argument --scan_blocks: 'maybe' is not a boolean"),
+    ('--image_size=299,64', '--image_size=299,64 is below the minimum of 75'),
+    ('--repeats=1,1', '--repeats: repeats=(1, 1) is invalid for inception_v4'),
+])
+def test_bad_flags_give_one_line_errors(flag, message):
+  extra = ['--model=inception_v4'] if flag.startswith('--repeats') else []
+  proc = _run(*extra, flag)
+  assert proc.returncode == 2 and proc.stdout == ''
+  error = proc.stderr.strip().splitlines()[-1]
+  assert error.startswith('step_time.py: error: ') and message in error, proc.stderr
