@@ -45,6 +45,7 @@ class Setting:
   scan_blocks: bool
   remat: bool
   conv1x1_as_dot: bool
+  conv_wgrad_as_dot: bool
   dtype: str
 
 
@@ -88,6 +89,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   config.model.scan_blocks = setting.scan_blocks
   config.model.remat = setting.remat
   config.model.conv1x1_as_dot = setting.conv1x1_as_dot
+  config.model.conv_wgrad_as_dot = setting.conv_wgrad_as_dot
   config.model.repeats = args.repeats or ()
   config.image_size = setting.image_size
   config.batch_size = setting.batch
@@ -228,7 +230,8 @@ def run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
              f'--image_size={setting.image_size}',
              f'--width_multiplier={setting.width_multiplier}',
              f'--scan_blocks={setting.scan_blocks}', f'--remat={setting.remat}',
-             f'--conv1x1_as_dot={setting.conv1x1_as_dot}', f'--dtype={setting.dtype}',
+             f'--conv1x1_as_dot={setting.conv1x1_as_dot}',
+             f'--conv_wgrad_as_dot={setting.conv_wgrad_as_dot}', f'--dtype={setting.dtype}',
              f'--variant={args.variant}', f'--num_classes={args.num_classes}',
              f'--aux_logits={args.aux_logits}', f'--steps={args.steps}',
              f'--warmup={args.warmup}'] + (['--compare_keras'] if args.compare_keras else []) + (
@@ -245,7 +248,8 @@ COLUMNS = (  # (heading, key, format)
     ('model', 'model', '{}'), ('batch', 'batch', '{}'), ('size', 'image_size', '{}'),
     ('width', 'width_multiplier', '{:g}'), ('blocks', 'repeats', '{}'),
     ('scan', 'scan_blocks', '{:d}'),
-    ('remat', 'remat', '{:d}'), ('1x1dot', 'conv1x1_as_dot', '{:d}'), ('dtype', 'dtype', '{}'),
+    ('remat', 'remat', '{:d}'), ('1x1dot', 'conv1x1_as_dot', '{:d}'),
+    ('wgrad dot', 'conv_wgrad_as_dot', '{:d}'), ('dtype', 'dtype', '{}'),
     ('compile s', 'compile_s', '{:.1f}'), ('train img/s', 'train_img_s', '{:.2f}'),
     ('infer img/s', 'infer_img_s', '{:.2f}'), ('GFLOP/img', 'gflops_per_img', '{:.3g}'),
     ('train GFLOP/s', 'train_gflop_s', '{:.0f}'), ('infer GFLOP/s', 'infer_gflop_s', '{:.0f}'),
@@ -315,6 +319,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help='recompute each block in the backward pass (jax.checkpoint)')
   p.add_argument('--conv1x1_as_dot', type=_list_of(_bool), default=[True],
                  help='1x1 stride-1 convs as einsum over channels')
+  p.add_argument('--conv_wgrad_as_dot', type=_list_of(_bool), default=[True],
+                 help='weight gradient of the other convs as one matmul over image patches '
+                      '(the model\'s default on CPU)')
   p.add_argument('--dtype', type=_list_of(str, ('float32', 'bfloat16')), default=['float32'],
                  help='computation dtype; params and optimizer state stay float32')
   p.add_argument('--variant', default='slim', choices=('slim', 'paper'),
@@ -360,7 +367,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def settings(args: argparse.Namespace) -> list[Setting]:
   return [Setting(*values) for values in itertools.product(
       args.model, args.batch, args.image_size, args.width_multiplier, args.scan_blocks,
-      args.remat, args.conv1x1_as_dot, args.dtype)]
+      args.remat, args.conv1x1_as_dot, args.conv_wgrad_as_dot, args.dtype)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

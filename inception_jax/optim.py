@@ -36,7 +36,7 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      schedule: optax.Schedule) -> optax.GradientTransformation:
-  """Clip by global norm, then TF-form RMSProp (or SGD with momentum).
+  """Clip by global norm, then TF-form RMSProp (or SGD with momentum), on flat vectors.
 
   TF's RMSProp keeps epsilon inside the square root and starts the mean square
   at 1.0; `inject_hyperparams` keeps the current learning rate in the state so
@@ -49,9 +49,11 @@ def create_optimizer(config: ml_collections.ConfigDict,
   else:
     opt = optax.inject_hyperparams(optax.sgd)(
         learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov)
-  if config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
-  return optax.chain(opt)
+  chain = ([optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm > 0
+           else []) + [opt]
+  # One flat vector instead of hundreds of leaves: XLA compiles a kernel per leaf and per
+  # elementwise op, and compile time grows with the kernel count (benchmarks/README.md (f)).
+  return optax.flatten(optax.chain(*chain))
 
 
 def current_learning_rate(opt_state: Any) -> jax.Array:

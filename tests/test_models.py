@@ -4,14 +4,16 @@ Full-size networks are only traced (`jax.eval_shape`, lowering); anything that
 runs uses narrow widths at the minimum input size.
 """
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
-from inception_jax.models import create_model, stack_repeats
+from inception_jax.models import create_model, layers, stack_repeats
 from inception_jax.models.summary import format_table, stage_stats
 
 
@@ -275,6 +277,46 @@ def test_conv1x1_as_dot_is_the_same_function():
   as_conv = create_model('inception_resnet_v2', repeats=(1, 1, 1), conv1x1_as_dot=False, **TINY)
   np.testing.assert_allclose(_forward(model, variables), _forward(as_conv, variables),
                              atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel, strides, padding', [
+    ((3, 3), 1, 'VALID'), ((3, 3), 2, 'SAME'), ((7, 1), 1, 'SAME'), ((1, 7), 1, 'SAME'),
+    ((5, 5), 2, 'VALID'), ((3, 1), 2, 'SAME')])
+def test_conv_weight_gradient_as_matmul_matches_xla(kernel, strides, padding):
+  conv = functools.partial(layers._conv, conv1x1_as_dot=True, wgrad_as_dot=True)
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(2, 12, 11, 5), jnp.float32)  # Odd sizes: uneven SAME padding.
+  w = jnp.asarray(rng.randn(*kernel, 5, 6), jnp.float32)
+  dn = ('NHWC', 'HWIO', 'NHWC')
+
+  def loss(f, x, w):
+    y = f(x, w, (strides, strides), padding, dimension_numbers=dn)
+    return jnp.sum(jnp.sin(y)), y
+
+  (_, ours), ours_grads = jax.value_and_grad(loss, (1, 2), has_aux=True)(conv, x, w)
+  (_, ref), ref_grads = jax.value_and_grad(loss, (1, 2), has_aux=True)(
+      lax.conv_general_dilated, x, w)
+  np.testing.assert_array_equal(ours, ref)  # The forward pass is XLA's own.
+  for g, r in zip(ours_grads, ref_grads):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_wgrad_as_dot_trains_the_same_network():
+  kw = dict(repeats=(1, 1, 1), **TINY)
+  as_dot = create_model('inception_resnet_v2', conv_wgrad_as_dot=True, **kw)
+  as_conv = create_model('inception_resnet_v2', conv_wgrad_as_dot=False, **kw)
+  variables = _init(as_dot)
+
+  def grads(model):
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, X, train=True,
+                              rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats'])
+      return jnp.sum(logits ** 2)
+    return jax.jit(jax.grad(loss))(variables['params'])
+
+  expected = grads(as_conv)
+  for got, want in zip(jax.tree.leaves(grads(as_dot)), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
 @pytest.mark.parametrize('kwargs, message', [

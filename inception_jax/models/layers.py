@@ -9,6 +9,7 @@ BatchNorm settings and the 1x1-as-matmul trick live in this one file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence, Union
 
 import flax.linen as nn
@@ -26,6 +27,7 @@ class LayerOptions:
   bn_epsilon: float = 1e-3
   conv1x1_as_dot: bool = True     # Same weights, faster weight gradient on CPU.
   dtype: Any = jnp.float32        # Computation dtype; params stay float32.
+  conv_wgrad_as_dot: bool = False  # Weight gradient of larger kernels as one matmul.
 
   def width(self, features: int) -> int:
     """Scales a filter count by `width_multiplier`, rounded, at least 8."""
@@ -36,7 +38,8 @@ class LayerOptions:
   @property
   def conv_general_dilated(self):
     """The convolution primitive handed to `nn.Conv`."""
-    return _dot_or_conv if self.conv1x1_as_dot else lax.conv_general_dilated
+    return functools.partial(_conv, conv1x1_as_dot=self.conv1x1_as_dot,
+                             wgrad_as_dot=self.conv_wgrad_as_dot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +92,65 @@ IDENTITY_POOL = Pool('max', window=1)
 AVG_POOL = Pool('avg')
 
 
-def _dot_or_conv(lhs, rhs, window_strides, padding, **kwargs):
-  """lax.conv_general_dilated, but a 1x1 stride-1 conv runs as a matmul.
+def _conv(lhs, rhs, window_strides, padding, *, conv1x1_as_dot: bool, wgrad_as_dot: bool,
+          **kwargs):
+  """lax.conv_general_dilated in the forms XLA:CPU differentiates fastest.
 
-  XLA:CPU computes a 1x1 convolution's weight gradient several times faster as a
-  dot over channels than as a convolution; the kernel keeps its (1, 1, C, F) shape
-  so parameters, checkpoints and results are unchanged.
+  The kernel keeps its (kh, kw, C, F) shape and the forward pass its result, so
+  parameters, checkpoints and outputs do not depend on these switches:
+  - `conv1x1_as_dot`: a 1x1 stride-1 conv is a dot over channels (its weight
+    gradient as a convolution runs at a fraction of a matmul's speed);
+  - `wgrad_as_dot`: any other conv computes its weight gradient as one matmul over
+    image patches (see `_conv_wgrad_as_dot`).
   """
-  if rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1):
+  plain = (all(d == 1 for d in kwargs.get('lhs_dilation') or (1, 1)) and
+           all(d == 1 for d in kwargs.get('rhs_dilation') or (1, 1)) and
+           kwargs.get('feature_group_count', 1) == 1)
+  if conv1x1_as_dot and plain and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1):
     return jnp.einsum('nhwc,cf->nhwf', lhs, rhs[0, 0], precision=kwargs.get('precision'))
+  if wgrad_as_dot and plain and rhs.shape[:2] != (1, 1):
+    pads = padding
+    if isinstance(padding, str):
+      pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    return _conv_wgrad_as_dot(lhs, rhs, tuple(window_strides),
+                              tuple(tuple(p) for p in pads), kwargs.get('precision'))
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_wgrad_as_dot(x, kernel, strides, pads, precision):
+  """An NHWC conv whose weight gradient is one matmul over image patches (im2col).
+
+  XLA:CPU's convolution weight gradient runs at 3-15 GFLOP/s for the 3x3 stem
+  convs and the 7x1 convs of the 17x17 blocks; the same sum as a matmul runs at
+  13-58 GFLOP/s (benchmarks/README.md). The data gradient stays XLA's own.
+  """
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
+def _wgrad_fwd(x, kernel, strides, pads, precision):
+  return _conv_wgrad_as_dot(x, kernel, strides, pads, precision), (x, kernel)
+
+
+def _wgrad_bwd(strides, pads, precision, residuals, dy):
+  x, kernel = residuals
+  _, data_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
+      x, kernel, strides, pads, dimension_numbers=_NHWC, precision=precision), x)
+  kh, kw = kernel.shape[:2]
+  (sh, sw), (ho, wo) = strides, dy.shape[1:3]
+  x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  # patches[n, i, j, tap, c] is the input under kernel tap `tap` for output (i, j).
+  patches = jnp.stack([x[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
+                       for a in range(kh) for b in range(kw)], axis=3)
+  grad = jnp.einsum('nijtc,nijf->tcf', patches, dy, precision=precision)
+  return data_vjp(dy)[0], grad.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_conv_wgrad_as_dot.defvjp(_wgrad_fwd, _wgrad_bwd)
 
 
 class ConvBN(nn.Module):

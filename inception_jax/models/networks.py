@@ -164,13 +164,18 @@ class Inception(nn.Module):
   scan_blocks: bool = False
   remat: bool = False
   conv1x1_as_dot: bool = True
+  conv_wgrad_as_dot: bool | None = None  # None: on where XLA runs on CPU.
   stem_stride: int = 2
   stem_pool: bool = True
 
   @property
   def layer_options(self) -> LayerOptions:
+    wgrad_as_dot = self.conv_wgrad_as_dot
+    if wgrad_as_dot is None:  # GPU/TPU libraries have fast weight gradients of their own.
+      wgrad_as_dot = jax.default_backend() == 'cpu'
     return LayerOptions(self.width_multiplier, self.bn_scale, self.bn_momentum,
-                        self.bn_epsilon, self.conv1x1_as_dot, jnp.dtype(self.dtype))
+                        self.bn_epsilon, self.conv1x1_as_dot, jnp.dtype(self.dtype),
+                        wgrad_as_dot)
 
   def stages(self) -> list[Stage]:
     """The table of this network with the options applied (repeats, scales, residual)."""
