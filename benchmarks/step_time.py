@@ -45,7 +45,7 @@ class Setting:
   scan_blocks: bool
   remat: bool
   conv1x1_as_dot: bool
-  conv_wgrad_as_dot: bool
+  conv_wgrad_as_dot: bool | None  # None: the model's default for the backend.
   dtype: str
 
 
@@ -156,6 +156,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   result = dataclasses.asdict(setting)
   result.update(
       variant=args.variant, repeats=args.repeats, params=int(num_params),
+      conv_wgrad_as_dot=model.layer_options.conv_wgrad_as_dot,  # As the model resolved it.
       aux_logits=args.aux_logits,
       compile_s=round(compile_s, 2), lower_s=round(lower_s, 2),
       first_step_s=round(first_step_s, 2), infer_compile_s=round(infer_compile_s, 2),
@@ -230,11 +231,12 @@ def run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
              f'--image_size={setting.image_size}',
              f'--width_multiplier={setting.width_multiplier}',
              f'--scan_blocks={setting.scan_blocks}', f'--remat={setting.remat}',
-             f'--conv1x1_as_dot={setting.conv1x1_as_dot}',
-             f'--conv_wgrad_as_dot={setting.conv_wgrad_as_dot}', f'--dtype={setting.dtype}',
+             f'--conv1x1_as_dot={setting.conv1x1_as_dot}', f'--dtype={setting.dtype}',
              f'--variant={args.variant}', f'--num_classes={args.num_classes}',
              f'--aux_logits={args.aux_logits}', f'--steps={args.steps}',
              f'--warmup={args.warmup}'] + (['--compare_keras'] if args.compare_keras else []) + (
+                 [] if setting.conv_wgrad_as_dot is None else
+                 [f'--conv_wgrad_as_dot={setting.conv_wgrad_as_dot}']) + (
                  [f'--repeats={",".join(map(str, args.repeats))}'] if args.repeats else [])
   proc = subprocess.run(command, env=_worker_env(), cwd=REPO, capture_output=True, text=True)
   records = [line for line in proc.stdout.splitlines() if line.startswith('{')]
@@ -319,9 +321,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help='recompute each block in the backward pass (jax.checkpoint)')
   p.add_argument('--conv1x1_as_dot', type=_list_of(_bool), default=[True],
                  help='1x1 stride-1 convs as einsum over channels')
-  p.add_argument('--conv_wgrad_as_dot', type=_list_of(_bool), default=[True],
+  p.add_argument('--conv_wgrad_as_dot', type=_list_of(_bool), default=[None],
                  help='weight gradient of the other convs as one matmul over image patches '
-                      '(the model\'s default on CPU)')
+                      '(default: the model\'s, on for CPU only)')
   p.add_argument('--dtype', type=_list_of(str, ('float32', 'bfloat16')), default=['float32'],
                  help='computation dtype; params and optimizer state stay float32')
   p.add_argument('--variant', default='slim', choices=('slim', 'paper'),

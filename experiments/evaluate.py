@@ -38,6 +38,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import default
+from experiments import runs
 from inception_jax import checkpointing, convert, parallel, train
 from inception_jax import metrics as metrics_lib
 from inception_jax.data import input_pipeline, preprocessing
@@ -67,11 +68,7 @@ def _tuples(value: Any) -> Any:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise ValueError(f'{workdir} is not a run directory: it has no config.json')
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+  return ml_collections.ConfigDict(_tuples(runs.read_config(workdir)))
 
 
 def _replicated_template(init_fn, mesh) -> Any:
@@ -83,7 +80,7 @@ def _replicated_template(init_fn, mesh) -> Any:
 def load_run(workdir: str, num_classes: int, mesh, *, ema: bool = False) -> Member:
   """The newest checkpoint of a run (raw or EMA weights), without its optimizer state."""
   config = load_config(workdir)
-  directory = os.path.join(workdir, 'checkpoints')
+  directory = os.path.join(workdir, runs.CHECKPOINTS)
   step = None
   if os.path.isdir(directory):
     checkpoints = checkpointing.RunCheckpoints(directory, every_steps=1)

@@ -32,6 +32,14 @@ def is_run_dir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, CONFIG_FILE))
 
 
+def read_config(workdir: str) -> dict[str, Any]:
+  """The resolved config a run wrote (`train.write_config`), as JSON values."""
+  if not is_run_dir(workdir):
+    raise ValueError(f'{workdir} is not a run directory: it has no {CONFIG_FILE}')
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    return json.load(f)
+
+
 @dataclasses.dataclass
 class Run:
   """One training run as read from its directory."""
@@ -41,11 +49,7 @@ class Run:
 
   @classmethod
   def load(cls, workdir: str) -> Run:
-    if not is_run_dir(workdir):
-      raise ValueError(f'{workdir} is not a run directory: it has no {CONFIG_FILE}')
-    with open(os.path.join(workdir, CONFIG_FILE)) as f:
-      config = json.load(f)
-    return cls(workdir, config, metrics_lib.read_metrics(workdir))
+    return cls(workdir, read_config(workdir), metrics_lib.read_metrics(workdir))
 
   @property
   def name(self) -> str:

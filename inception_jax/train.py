@@ -25,6 +25,7 @@ from clu import parameter_overview, periodic_actions
 
 from inception_jax import checkpointing, optim, parallel, validation
 from inception_jax import metrics as metrics_lib
+from inception_jax.convert import common as convert_common
 from inception_jax.data import input_pipeline
 from inception_jax.models import Inception, create_model
 
@@ -197,18 +198,14 @@ def restore_or_initialize(config, workdir, model, tx, mesh,
   return state
 
 
-def _is_classifier(key: tuple[str, ...]) -> bool:
-  return key[1] == 'Logits' or key[1:3] == ('AuxLogits', 'Logits')
-
-
 def _load_init_from(state: TrainState, directory: str, mesh) -> TrainState:
   """Weights of a converted dir (`python -m inception_jax.convert`) or a `save_variables` dir.
 
   A classifier whose class count differs stays fresh (a new head); any other
   difference is an error.
   """
-  if os.path.isdir(os.path.join(directory, 'variables')):  # a converted dir: + model.json
-    directory = os.path.join(directory, 'variables')
+  if os.path.isdir(os.path.join(directory, convert_common.VARIABLES_DIR)):  # + model.json
+    directory = os.path.join(directory, convert_common.VARIABLES_DIR)
   loaded = checkpointing.load_variables(directory)
   fresh = {'params': state.params, 'batch_stats': state.batch_stats}
   flat_new = flax.traverse_util.flatten_dict(fresh)
@@ -218,7 +215,8 @@ def _load_init_from(state: TrainState, directory: str, mesh) -> TrainState:
   # Unused tensors (an aux head aside) would be silently dropped, e.g. timm's gammas.
   unused = sorted('/'.join(k) for k in flat_old if k not in flat_new and 'AuxLogits' not in k)
   reshaped = sorted('/'.join(k) for k, v in flat_new.items() if k in flat_old
-                    and np.shape(flat_old[k]) != v.shape and not _is_classifier(k))
+                    and np.shape(flat_old[k]) != v.shape
+                    and '/'.join(k[1:-1]) not in convert_common.CLASSIFIERS)
   for what, keys in (('lacks tensors of this model', missing),
                      ('has tensors this model lacks', unused),
                      ('has tensors of other shapes than this model', reshaped)):

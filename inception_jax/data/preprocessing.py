@@ -62,6 +62,15 @@ def central_crop_window(shape: tf.Tensor, crop_fraction: float) -> Window:
   return offset_y, offset_x, height, width
 
 
+def decode(image: tf.Tensor) -> tf.Tensor:
+  """uint8 [H, W, 3] of encoded bytes or of an already decoded image."""
+  if image.dtype != tf.string:
+    return image
+  decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
+  decoded.set_shape([None, None, 3])
+  return decoded
+
+
 def decode_and_crop(image: tf.Tensor, window_fn: WindowFn) -> tf.Tensor:
   """Returns the uint8 [h, w, 3] crop `window_fn(shape)` of `image`."""
   if image.dtype != tf.string:
@@ -73,8 +82,7 @@ def decode_and_crop(image: tf.Tensor, window_fn: WindowFn) -> tf.Tensor:
     return tf.image.decode_and_crop_jpeg(image, window, channels=3)
 
   def other_format():
-    decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
-    return decode_and_crop(decoded, window_fn)
+    return decode_and_crop(decode(image), window_fn)
 
   cropped = tf.cond(tf.io.is_jpeg(image), jpeg, other_format)
   cropped.set_shape([None, None, 3])
@@ -144,15 +152,6 @@ GOOGLENET_SCALES = (256, 288, 320, 352)
 def check_crops(crops: int) -> None:
   if crops not in CROP_COUNTS:
     raise ValueError(f'crops={crops!r} is invalid; valid: {", ".join(map(str, CROP_COUNTS))}')
-
-
-def decode(image: tf.Tensor) -> tf.Tensor:
-  """uint8 [H, W, 3] of encoded bytes or of an already decoded image."""
-  if image.dtype != tf.string:
-    return image
-  decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
-  decoded.set_shape([None, None, 3])
-  return decoded
 
 
 def _scaled(length: int, image_size: int) -> int:
