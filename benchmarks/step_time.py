@@ -46,6 +46,7 @@ class Setting:
   remat: bool
   conv1x1_as_dot: bool
   conv_wgrad_as_dot: bool | None  # None: the model's default for the backend.
+  cpu_kernels: str
   dtype: str
 
 
@@ -90,6 +91,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   config.model.remat = setting.remat
   config.model.conv1x1_as_dot = setting.conv1x1_as_dot
   config.model.conv_wgrad_as_dot = setting.conv_wgrad_as_dot
+  config.model.cpu_kernels = setting.cpu_kernels
   config.model.repeats = args.repeats or ()
   config.image_size = setting.image_size
   config.batch_size = setting.batch
@@ -108,7 +110,8 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
 
   step_fn = functools.partial(train.train_step, model=model, config=config, tx=tx)
   start = time.perf_counter()
-  lowered = jax.jit(step_fn, donate_argnums=(0,)).lower(state, batch)
+  lowered = jax.jit(step_fn, donate_argnums=(0,),
+                    compiler_options=model.compiler_options).lower(state, batch)
   lower_s = time.perf_counter() - start
   train_step = lowered.compile()
   compile_s = time.perf_counter() - start
@@ -131,7 +134,8 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   infer_fn = lambda v, x: model.apply(v, x, train=False)
   start = time.perf_counter()
-  infer = jax.jit(infer_fn).lower(variables, batch['image']).compile()
+  infer = jax.jit(infer_fn, compiler_options=model.compiler_options).lower(
+      variables, batch['image']).compile()
   infer_compile_s = time.perf_counter() - start
   run_infer = lambda: jax.block_until_ready(infer(variables, batch['image']))
   for _ in range(args.warmup + 1):
@@ -156,7 +160,9 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   result = dataclasses.asdict(setting)
   result.update(
       variant=args.variant, repeats=args.repeats, params=int(num_params),
-      conv_wgrad_as_dot=model.layer_options.conv_wgrad_as_dot,  # As the model resolved it.
+      # As the model resolved them for this backend.
+      conv_wgrad_as_dot=model.layer_options.conv_wgrad_as_dot,
+      cpu_kernels=model.resolved_cpu_kernels,
       aux_logits=args.aux_logits,
       compile_s=round(compile_s, 2), lower_s=round(lower_s, 2),
       first_step_s=round(first_step_s, 2), infer_compile_s=round(infer_compile_s, 2),
@@ -232,6 +238,7 @@ def run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
              f'--width_multiplier={setting.width_multiplier}',
              f'--scan_blocks={setting.scan_blocks}', f'--remat={setting.remat}',
              f'--conv1x1_as_dot={setting.conv1x1_as_dot}', f'--dtype={setting.dtype}',
+             f'--cpu_kernels={setting.cpu_kernels}',
              f'--variant={args.variant}', f'--num_classes={args.num_classes}',
              f'--aux_logits={args.aux_logits}', f'--steps={args.steps}',
              f'--warmup={args.warmup}'] + (['--compare_keras'] if args.compare_keras else []) + (
@@ -251,7 +258,8 @@ COLUMNS = (  # (heading, key, format)
     ('width', 'width_multiplier', '{:g}'), ('blocks', 'repeats', '{}'),
     ('scan', 'scan_blocks', '{:d}'),
     ('remat', 'remat', '{:d}'), ('1x1dot', 'conv1x1_as_dot', '{:d}'),
-    ('wgrad dot', 'conv_wgrad_as_dot', '{:d}'), ('dtype', 'dtype', '{}'),
+    ('wgrad dot', 'conv_wgrad_as_dot', '{:d}'), ('cpu kernels', 'cpu_kernels', '{}'),
+    ('dtype', 'dtype', '{}'),
     ('compile s', 'compile_s', '{:.1f}'), ('train img/s', 'train_img_s', '{:.2f}'),
     ('infer img/s', 'infer_img_s', '{:.2f}'), ('GFLOP/img', 'gflops_per_img', '{:.3g}'),
     ('train GFLOP/s', 'train_gflop_s', '{:.0f}'), ('infer GFLOP/s', 'infer_gflop_s', '{:.0f}'),
@@ -323,7 +331,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help='1x1 stride-1 convs as einsum over channels')
   p.add_argument('--conv_wgrad_as_dot', type=_list_of(_bool), default=[None],
                  help='weight gradient of the other convs as one matmul over image patches '
-                      '(default: the model\'s, on for CPU only)')
+                      '(default: the model\'s, on for CPU with YNNPACK only)')
+  p.add_argument('--cpu_kernels', type=_list_of(str, ('auto', 'eigen', 'ynnpack')),
+                 default=['auto'],
+                 help='XLA:CPU library for convolutions and dots (default: the model\'s, '
+                      'eigen unrolled and ynnpack scanned)')
   p.add_argument('--dtype', type=_list_of(str, ('float32', 'bfloat16')), default=['float32'],
                  help='computation dtype; params and optimizer state stay float32')
   p.add_argument('--variant', default='slim', choices=('slim', 'paper'),
@@ -369,7 +381,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def settings(args: argparse.Namespace) -> list[Setting]:
   return [Setting(*values) for values in itertools.product(
       args.model, args.batch, args.image_size, args.width_multiplier, args.scan_blocks,
-      args.remat, args.conv1x1_as_dot, args.conv_wgrad_as_dot, args.dtype)]
+      args.remat, args.conv1x1_as_dot, args.conv_wgrad_as_dot, args.cpu_kernels, args.dtype)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'             # Computation dtype ('bfloat16' on GPU/TPU).
   config.model.scan_blocks = False           # nn.scan over repeated blocks (compile time).
   config.model.remat = False                 # Recompute blocks in the backward pass.
+  config.model.cpu_kernels = 'auto'          # XLA:CPU conv library: auto | eigen | ynnpack.
   config.model.stem_stride = 2               # First conv's stride; 1 for low-res input (v3 sec. 9).
   config.model.stem_pool = True              # False removes the stem's first max pool (v3 sec. 9).
 

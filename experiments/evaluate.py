@@ -167,7 +167,7 @@ def _probabilities_fn(model: Inception, label_offset: int, num_classes: int, mes
 
   return jax.jit(probabilities, in_shardings=(parallel.replicated(mesh),
                                               parallel.batch_sharded(mesh)),
-                 out_shardings=parallel.replicated(mesh))
+                 out_shardings=parallel.replicated(mesh), compiler_options=model.compiler_options)
 
 
 def _check_head(member: Member, num_classes: int) -> None:

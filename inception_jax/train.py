@@ -295,9 +295,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   p_train_step = jax.jit(functools.partial(train_step, model=model, config=config, tx=tx),
                          in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
                          out_shardings=(state_sharding, parallel.replicated(mesh)),
-                         donate_argnums=(0,))
+                         donate_argnums=(0,), compiler_options=model.compiler_options)
   p_eval_step = jax.jit(functools.partial(eval_step, model=model, config=config),
-                        in_shardings=(state_sharding, parallel.batch_sharded(mesh)))
+                        in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
+                        compiler_options=model.compiler_options)
   p_train_step = parallel.compile_then_sync(p_train_step, 'train_step')
   p_eval_step = parallel.compile_then_sync(p_eval_step, 'eval_step')
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,

@@ -319,6 +319,28 @@ def test_conv_wgrad_as_dot_trains_the_same_network():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
+def test_cpu_kernels_choose_the_library_not_the_function():
+  kw = dict(repeats=(1, 1, 1), **TINY)
+  eigen = create_model('inception_resnet_v2', cpu_kernels='eigen', **kw)
+  ynnpack = create_model('inception_resnet_v2', cpu_kernels='ynnpack', **kw)
+  # 'auto': Eigen unrolled, YNNPACK in a scan; the patch-matmul weight gradient goes with YNNPACK.
+  assert create_model('inception_resnet_v2', **kw).resolved_cpu_kernels == 'eigen'
+  assert create_model('inception_resnet_v2', scan_blocks=True,
+                      **kw).resolved_cpu_kernels == 'ynnpack'
+  assert not eigen.layer_options.conv_wgrad_as_dot
+  assert ynnpack.layer_options.conv_wgrad_as_dot
+  variables = _init(eigen)
+  x = jnp.tile(X, (4, 1, 1, 1))  # Enough rows for XLA to hand the 1x1 dots to YNNPACK.
+  outputs, programs = [], []
+  for model in (eigen, ynnpack):
+    compiled = jax.jit(lambda v, x, model=model: model.apply(v, x),
+                       compiler_options=model.compiler_options).lower(variables, x).compile()
+    programs.append(compiled.as_text())
+    outputs.append(compiled(variables, x))
+  assert '__ynn_fusion' not in programs[0] and '__ynn_fusion' in programs[1]
+  np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(name='inception_v5'), 'valid models: inception_v3, inception_v4'),
     (dict(name='inception_v4', residual_scael=0.1), 'unknown model option(s) residual_scael'),
@@ -330,6 +352,7 @@ def test_conv_wgrad_as_dot_trains_the_same_network():
     (dict(name='inception_v4', repeats=(1, 2)), 'repeats=(1, 2) is invalid'),
     (dict(name='inception_v4', dtype='int8'), "dtype='int8' is invalid"),
     (dict(name='inception_v4', dropout_rate=1.0), 'dropout_rate=1.0 must be'),
+    (dict(name='inception_v4', cpu_kernels='mkl'), "cpu_kernels='mkl' is invalid; valid: auto"),
     (dict(name='inception_v4', num_classes=0), 'num_classes=0 must be'),
 ])
 def test_bad_options_raise_clear_errors(kwargs, message):

@@ -8,12 +8,12 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from inception_jax.models.networks import (ARCHS, MIN_IMAGE_SIZE, STEM_STRIDES, VARIANTS,
-                                           Inception, check_repeats, stack_repeats,
+from inception_jax.models.networks import (ARCHS, CPU_KERNELS, MIN_IMAGE_SIZE, STEM_STRIDES,
+                                           VARIANTS, Inception, check_repeats, stack_repeats,
                                            stem_has_pool_switch, unstack_repeats)
 
-__all__ = ['ARCHS', 'VARIANTS', 'MIN_IMAGE_SIZE', 'Inception', 'create_model', 'model_options',
-           'stack_repeats', 'unstack_repeats']
+__all__ = ['ARCHS', 'CPU_KERNELS', 'VARIANTS', 'MIN_IMAGE_SIZE', 'Inception', 'create_model',
+           'model_options', 'stack_repeats', 'unstack_repeats']
 
 _DTYPES = ('float32', 'bfloat16', 'float16')
 
@@ -34,7 +34,8 @@ def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> Inc
       `residual_scale` (a float or one per grid: 35x35, 17x17, 8x8), `use_residual`,
       `width_multiplier`, `repeats` (A, B, C block counts), `bn_scale`, `bn_momentum`,
       `bn_epsilon`, `aux_logits`, `dropout_rate`, `dtype`, `scan_blocks`, `remat`,
-      `conv1x1_as_dot`, `conv_wgrad_as_dot` (None: on for CPU), `stem_stride` (1 or 2)
+      `conv1x1_as_dot`, `conv_wgrad_as_dot` (None: on for CPU with YNNPACK), `cpu_kernels`
+      ('auto', 'eigen' or 'ynnpack': XLA:CPU's convolution library), `stem_stride` (1 or 2)
       and `stem_pool` (the lower-resolution study of the v3 paper sec. 9).
 
   Raises:
@@ -76,6 +77,9 @@ def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> Inc
     raise ValueError(f'stem_pool=False is invalid for {name} ({variant}): its first max pool is '
                      'a branch of Mixed_3a (Fig. 3); it applies to inception_v3, '
                      'inception_resnet_v1 and inception_resnet_v2 (slim)')
+  kernels = options.get('cpu_kernels', 'auto')
+  if kernels not in CPU_KERNELS:
+    raise ValueError(f'cpu_kernels={kernels!r} is invalid; valid: {", ".join(CPU_KERNELS)}')
   rate = options.get('dropout_rate', 0.2)
   if not 0.0 <= rate < 1.0:
     raise ValueError(f'dropout_rate={rate!r} must be in [0, 1)')

@@ -120,6 +120,7 @@ DEFAULT_REPEATS = {
     ('inception_resnet_v2', 'slim'): (10, 20, 10),
 }
 STEM_STRIDES = (1, 2)
+CPU_KERNELS = ('auto', 'eigen', 'ynnpack')
 
 
 def stem_has_pool_switch(arch: str, variant: str) -> bool:
@@ -164,15 +165,35 @@ class Inception(nn.Module):
   scan_blocks: bool = False
   remat: bool = False
   conv1x1_as_dot: bool = True
-  conv_wgrad_as_dot: bool | None = None  # None: on where XLA runs on CPU.
+  conv_wgrad_as_dot: bool | None = None  # None: on where XLA:CPU runs convs with YNNPACK.
+  cpu_kernels: str = 'auto'  # XLA:CPU's conv/dot library, one of CPU_KERNELS.
   stem_stride: int = 2
   stem_pool: bool = True
 
   @property
+  def resolved_cpu_kernels(self) -> str:
+    """'eigen' or 'ynnpack': `cpu_kernels` with 'auto' resolved (benchmarks/README.md (g)).
+
+    Unrolled, Eigen runs the small-channel stem convs 2-3x faster than YNNPACK and
+    computes weight gradients at full speed; inside a scan's loop YNNPACK's are faster.
+    """
+    if self.cpu_kernels == 'auto':
+      return 'ynnpack' if self.scan_blocks else 'eigen'
+    return self.cpu_kernels
+
+  @property
+  def compiler_options(self) -> dict[str, str] | None:
+    """The XLA options every jit of this network's steps is given (`jax.jit(compiler_options=)`)."""
+    if jax.default_backend() != 'cpu' or self.resolved_cpu_kernels == 'ynnpack':
+      return None
+    return {'xla_cpu_experimental_ynn_fusion_type': ''}  # No YNNPACK: XLA's Eigen kernels.
+
+  @property
   def layer_options(self) -> LayerOptions:
     wgrad_as_dot = self.conv_wgrad_as_dot
-    if wgrad_as_dot is None:  # GPU/TPU libraries have fast weight gradients of their own.
-      wgrad_as_dot = jax.default_backend() == 'cpu'
+    if wgrad_as_dot is None:  # Only YNNPACK's weight gradients are slow (GPU/TPU: fast too).
+      wgrad_as_dot = (jax.default_backend() == 'cpu' and
+                      self.resolved_cpu_kernels == 'ynnpack')
     return LayerOptions(self.width_multiplier, self.bn_scale, self.bn_momentum,
                         self.bn_epsilon, self.conv1x1_as_dot, jnp.dtype(self.dtype),
                         wgrad_as_dot)
