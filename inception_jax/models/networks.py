@@ -171,12 +171,15 @@ class Inception(nn.Module):
   stem_pool: bool = True
 
   @property
-  def resolved_cpu_kernels(self) -> str:
-    """'eigen' or 'ynnpack': `cpu_kernels` with 'auto' resolved (benchmarks/README.md (g)).
+  def resolved_cpu_kernels(self) -> str | None:
+    """'eigen' or 'ynnpack' where XLA runs on CPU (`cpu_kernels` with 'auto' resolved), else None.
 
     Unrolled, Eigen runs the small-channel stem convs 2-3x faster than YNNPACK and
-    computes weight gradients at full speed; inside a scan's loop YNNPACK's are faster.
+    computes weight gradients at full speed; inside a scan's loop YNNPACK's are faster
+    (benchmarks/README.md (g)).
     """
+    if jax.default_backend() != 'cpu':
+      return None
     if self.cpu_kernels == 'auto':
       return 'ynnpack' if self.scan_blocks else 'eigen'
     return self.cpu_kernels
@@ -184,7 +187,7 @@ class Inception(nn.Module):
   @property
   def compiler_options(self) -> dict[str, str] | None:
     """The XLA options every jit of this network's steps is given (`jax.jit(compiler_options=)`)."""
-    if jax.default_backend() != 'cpu' or self.resolved_cpu_kernels == 'ynnpack':
+    if self.resolved_cpu_kernels != 'eigen':
       return None
     return {'xla_cpu_experimental_ynn_fusion_type': ''}  # No YNNPACK: XLA's Eigen kernels.
 
@@ -192,8 +195,7 @@ class Inception(nn.Module):
   def layer_options(self) -> LayerOptions:
     wgrad_as_dot = self.conv_wgrad_as_dot
     if wgrad_as_dot is None:  # Only YNNPACK's weight gradients are slow (GPU/TPU: fast too).
-      wgrad_as_dot = (jax.default_backend() == 'cpu' and
-                      self.resolved_cpu_kernels == 'ynnpack')
+      wgrad_as_dot = self.resolved_cpu_kernels == 'ynnpack'
     return LayerOptions(self.width_multiplier, self.bn_scale, self.bn_momentum,
                         self.bn_epsilon, self.conv1x1_as_dot, jnp.dtype(self.dtype),
                         wgrad_as_dot)
