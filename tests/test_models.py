@@ -339,6 +339,15 @@ def test_cpu_kernels_choose_the_library_not_the_function():
     outputs.append(compiled(variables, x))
   assert '__ynn_fusion' not in programs[0] and '__ynn_fusion' in programs[1]
   np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+  # A scan with YNNPACK also compiles with XLA's older loop emitters; same function.
+  scanned = create_model('inception_resnet_v2', scan_blocks=True, **kw)
+  assert scanned.compiler_options == {'xla_cpu_use_fusion_emitters': False}
+  assert create_model('inception_resnet_v2', scan_blocks=True, cpu_kernels='eigen',
+                      **kw).compiler_options == {'xla_cpu_experimental_ynn_fusion_type': ''}
+  variables = _init(scanned)
+  np.testing.assert_allclose(
+      jax.jit(scanned.apply, compiler_options=scanned.compiler_options)(variables, x),
+      jax.jit(scanned.apply)(variables, x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('kwargs, message', [

@@ -9,6 +9,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from inception_jax import checkpointing, optim, train, validation
@@ -43,6 +44,24 @@ def test_loss_falls_on_a_fixed_batch(tiny_data_dir):
     losses.append(float(metrics.loss.compute()))
   assert losses[-1] < 0.5 * losses[0], losses
   assert int(state.step) == 12
+
+
+def test_grad_norm_is_the_global_norm_of_the_gradient(tiny_data_dir):
+  # The step takes the norm of the concatenated gradient (one kernel instead of one per leaf).
+  config = tiny_config(tiny_data_dir, label_smoothing=0.0, weight_decay=0.0,
+                       **{'model.dropout_rate': 0.0})
+  state, step = _step_fn(config)
+  batch = next(input_pipeline.create_train_iterator(config, local_batch_size=8))
+  model = train.create_model_from_config(config, input_pipeline.get_dataset_info(config).num_classes)
+
+  def loss(params):
+    logits, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+                            train=True, mutable=['batch_stats'])
+    return jnp.mean(train.cross_entropy(logits, batch['label'], 0.0))
+
+  expected = optax.tree.norm(jax.jit(jax.grad(loss))(state.params))
+  _, metrics = step(state, batch)
+  np.testing.assert_allclose(float(metrics.grad_norm.compute()), float(expected), rtol=1e-5)
 
 
 def test_nonfinite_update_is_skipped_and_counted(tiny_data_dir):

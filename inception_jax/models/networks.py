@@ -185,11 +185,16 @@ class Inception(nn.Module):
     return self.cpu_kernels
 
   @property
-  def compiler_options(self) -> dict[str, str] | None:
+  def compiler_options(self) -> dict[str, Any] | None:
     """The XLA options every jit of this network's steps is given (`jax.jit(compiler_options=)`)."""
-    if self.resolved_cpu_kernels != 'eigen':
-      return None
-    return {'xla_cpu_experimental_ynn_fusion_type': ''}  # No YNNPACK: XLA's Eigen kernels.
+    options = {}
+    if self.resolved_cpu_kernels == 'eigen':
+      options['xla_cpu_experimental_ynn_fusion_type'] = ''  # No YNNPACK: XLA's Eigen kernels.
+    if self.resolved_cpu_kernels == 'ynnpack' and self.scan_blocks:
+      # XLA:CPU's older loop emitters compile this scanned step a third faster for 3-6% of
+      # step time; unrolled, or with Eigen, they cost more than they save (benchmarks/README (h)).
+      options['xla_cpu_use_fusion_emitters'] = False
+    return options or None
 
   @property
   def layer_options(self) -> LayerOptions:
