@@ -30,7 +30,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+# inception_jax.models' ARCHS and CPU_KERNELS, restated so that the parent process, which
+# only parses flags and starts workers, does not import jax (tests/test_benchmarks.py).
 MODELS = ('inception_v3', 'inception_v4', 'inception_resnet_v1', 'inception_resnet_v2')
+CPU_KERNELS = ('auto', 'eigen', 'ynnpack')
 # Keras applications with the same network (slim layout, no auxiliary head).
 KERAS_MODELS = {'inception_v3': 'InceptionV3', 'inception_resnet_v2': 'InceptionResNetV2'}
 
@@ -332,7 +335,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--conv_wgrad_as_dot', type=_list_of(_bool), default=[None],
                  help='weight gradient of the other convs as one matmul over image patches '
                       '(default: the model\'s, on for CPU with YNNPACK only)')
-  p.add_argument('--cpu_kernels', type=_list_of(str, ('auto', 'eigen', 'ynnpack')),
+  p.add_argument('--cpu_kernels', type=_list_of(str, CPU_KERNELS),
                  default=['auto'],
                  help='XLA:CPU library for convolutions and dots (default: the model\'s, '
                       'eigen unrolled and ynnpack scanned)')

@@ -87,7 +87,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Incepti
   pre_pool = intermediates['pre_pool'][0]
   # The norm of the concatenated gradient (the flat optimizer concatenates it anyway): one
   # reduction instead of one per leaf, which XLA:CPU compiles as a kernel each (-7 s of
-  # compile unrolled, benchmarks/README.md (f)).
+  # compile unrolled, benchmarks/README.md (h)).
   grad_norm = jnp.linalg.norm(jax.flatten_util.ravel_pytree(grads)[0])
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -8,11 +8,16 @@ import sys
 import pytest
 
 from benchmarks import step_time
+from inception_jax import models
 from tests.util import REPO, subprocess_env
 
 SCRIPT = os.path.join(REPO, 'benchmarks', 'step_time.py')
 REQUIRED = ('model', 'batch', 'image_size', 'compile_s', 'train_img_s', 'infer_img_s',
             'gflops_per_img', 'peak_rss_mb')
+
+
+def test_flag_choices_are_the_models():
+  assert (step_time.MODELS, step_time.CPU_KERNELS) == (models.ARCHS, models.CPU_KERNELS)
 
 
 def _run(*flags: str) -> subprocess.CompletedProcess:

@@ -52,7 +52,8 @@ def test_grad_norm_is_the_global_norm_of_the_gradient(tiny_data_dir):
                        **{'model.dropout_rate': 0.0})
   state, step = _step_fn(config)
   batch = next(input_pipeline.create_train_iterator(config, local_batch_size=8))
-  model = train.create_model_from_config(config, input_pipeline.get_dataset_info(config).num_classes)
+  num_classes = input_pipeline.get_dataset_info(config).num_classes
+  model = train.create_model_from_config(config, num_classes)
 
   def loss(params):
     logits, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch['image'],

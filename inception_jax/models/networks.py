@@ -187,10 +187,10 @@ class Inception(nn.Module):
   @property
   def compiler_options(self) -> dict[str, Any] | None:
     """The XLA options every jit of this network's steps is given (`jax.jit(compiler_options=)`)."""
-    options = {}
-    if self.resolved_cpu_kernels == 'eigen':
+    kernels, options = self.resolved_cpu_kernels, {}
+    if kernels == 'eigen':
       options['xla_cpu_experimental_ynn_fusion_type'] = ''  # No YNNPACK: XLA's Eigen kernels.
-    if self.resolved_cpu_kernels == 'ynnpack' and self.scan_blocks:
+    if kernels == 'ynnpack' and self.scan_blocks:
       # XLA:CPU's older loop emitters compile this scanned step a third faster for 3-6% of
       # step time; unrolled, or with Eigen, they cost more than they save (benchmarks/README (h)).
       options['xla_cpu_use_fusion_emitters'] = False
