@@ -3,6 +3,8 @@
     python benchmarks/step_time.py --model=inception_resnet_v2 --batch=8 --image_size=299
     python benchmarks/step_time.py --model=inception_resnet_v2 --scan_blocks=true,false --json
     python benchmarks/step_time.py --model=inception_v3,inception_resnet_v2 --compare_keras
+    python benchmarks/step_time.py --model=inception_resnet_v2 --compare_timm \
+        --timm_python=/path/to/torch_venv/bin/python  # PyTorch and timm in a venv of their own
 
 Every option that takes a comma-separated list is swept (all combinations), and each
 setting runs in a fresh process of its own, on one device, so that compile caches and
@@ -34,8 +36,13 @@ if REPO not in sys.path:
 # only parses flags and starts workers, does not import jax (tests/test_benchmarks.py).
 MODELS = ('inception_v3', 'inception_v4', 'inception_resnet_v1', 'inception_resnet_v2')
 CPU_KERNELS = ('auto', 'eigen', 'ynnpack')
-# Keras applications with the same network (slim layout, no auxiliary head).
+# Keras applications and timm models with the same network (slim layout, no auxiliary head).
 KERAS_MODELS = {'inception_v3': 'InceptionV3', 'inception_resnet_v2': 'InceptionResNetV2'}
+TIMM_MODELS = {'inception_v3': 'inception_v3', 'inception_v4': 'inception_v4',
+               'inception_resnet_v2': 'inception_resnet_v2'}
+# PyTorch and timm are not in requirements.txt (several GB): --compare_timm asks for them,
+# in this venv or (--timm_python) another one.
+TIMM_INSTALL = 'pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,15 +193,20 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   return result
 
 
+def _peer_applies(setting: Setting, args: argparse.Namespace) -> bool:
+  """The peers have only the full-width float32 slim networks."""
+  return (setting.width_multiplier == 1.0 and setting.dtype == 'float32' and
+          args.variant == 'slim')
+
+
 def measure_keras(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   """The same network in Keras 3 on the JAX backend: first train step, train and predict."""
   import keras  # pylint: disable=g-import-not-at-top
   import numpy as np
   if keras.backend.backend() != 'jax':
     raise ValueError(f'Keras runs on {keras.backend.backend()!r}; set KERAS_BACKEND=jax')
-  if (setting.width_multiplier != 1.0 or setting.dtype != 'float32' or
-      args.variant != 'slim'):
-    return {}  # Keras has only the full-width float32 slim network.
+  if not _peer_applies(setting, args):
+    return {}
   build = getattr(keras.applications, KERAS_MODELS[setting.model])
   net = build(weights=None, input_shape=(setting.image_size, setting.image_size, 3),
               classes=args.num_classes, classifier_activation=None)
@@ -219,6 +231,51 @@ def measure_keras(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
           'keras_infer_img_s': round(setting.batch / infer_s, 3)}
 
 
+def measure_timm(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
+  """The same network in timm on PyTorch (eager, its default threads): train and eval.
+
+  Runs in a worker of its own (`--timm_python`, which needs neither JAX nor this
+  repo's requirements): torchvision crashes on import in a process that has run our
+  steps and Keras's.
+
+  The train step is forward, label-smoothed cross-entropy, backward and RMSProp with
+  momentum: less than ours, which also clips, decays weights and updates an EMA.
+  """
+  if not _peer_applies(setting, args):
+    return {}
+  import timm  # pylint: disable=g-import-not-at-top
+  import torch
+  net = timm.create_model(TIMM_MODELS[setting.model], num_classes=args.num_classes)
+  opt = torch.optim.RMSprop(net.parameters(), lr=0.045, alpha=0.9, eps=1.0, momentum=0.9)
+  gen = torch.Generator().manual_seed(0)
+  x = torch.rand((setting.batch, 3, setting.image_size, setting.image_size), generator=gen) * 2 - 1
+  y = torch.randint(0, args.num_classes, (setting.batch,), generator=gen)
+
+  def train_step():
+    opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(net(x), y, label_smoothing=0.1)
+    loss.backward()
+    opt.step()  # Eager: every kernel has finished when this returns.
+
+  net.train()
+  start = time.perf_counter()
+  train_step()
+  first_step_s = time.perf_counter() - start
+  for _ in range(args.warmup):
+    train_step()
+  train_s = _median_seconds(train_step, args.steps)
+  net.eval()
+  with torch.inference_mode():
+    for _ in range(args.warmup + 1):
+      net(x)
+    infer_s = _median_seconds(lambda: net(x), args.steps)
+  return {'timm_params': sum(p.numel() for p in net.parameters()),
+          'timm_first_step_s': round(first_step_s, 2),
+          'timm_train_img_s': round(setting.batch / train_s, 3),
+          'timm_infer_img_s': round(setting.batch / infer_s, 3),
+          'timm_threads': torch.get_num_threads(), 'torch': torch.__version__}
+
+
 # --- Sweeping settings, each in its own process, and the table. ---------------
 
 def _worker_env() -> dict[str, str]:
@@ -233,27 +290,34 @@ def _worker_env() -> dict[str, str]:
   return env
 
 
-def run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
-  """Measures `setting` in a fresh worker process and returns its JSON record."""
-  command = [sys.executable, os.path.abspath(__file__), '--worker',
-             f'--model={setting.model}', f'--batch={setting.batch}',
-             f'--image_size={setting.image_size}',
-             f'--width_multiplier={setting.width_multiplier}',
-             f'--scan_blocks={setting.scan_blocks}', f'--remat={setting.remat}',
-             f'--conv1x1_as_dot={setting.conv1x1_as_dot}', f'--dtype={setting.dtype}',
-             f'--cpu_kernels={setting.cpu_kernels}',
-             f'--variant={args.variant}', f'--num_classes={args.num_classes}',
-             f'--aux_logits={args.aux_logits}', f'--steps={args.steps}',
-             f'--warmup={args.warmup}'] + (['--compare_keras'] if args.compare_keras else []) + (
-                 [] if setting.conv_wgrad_as_dot is None else
-                 [f'--conv_wgrad_as_dot={setting.conv_wgrad_as_dot}']) + (
-                 [f'--repeats={",".join(map(str, args.repeats))}'] if args.repeats else [])
+def _run_worker(command: list[str], setting: Setting) -> dict[str, Any]:
   proc = subprocess.run(command, env=_worker_env(), cwd=REPO, capture_output=True, text=True)
   records = [line for line in proc.stdout.splitlines() if line.startswith('{')]
   if proc.returncode or not records:
     sys.stderr.write(proc.stderr[-4000:])
     raise RuntimeError(f'{setting} failed with exit code {proc.returncode}')
   return json.loads(records[-1])
+
+
+def run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
+  """Measures `setting` (and timm's network) in fresh worker processes: its JSON record."""
+  flags = [f'--model={setting.model}', f'--batch={setting.batch}',
+           f'--image_size={setting.image_size}',
+           f'--width_multiplier={setting.width_multiplier}',
+           f'--scan_blocks={setting.scan_blocks}', f'--remat={setting.remat}',
+           f'--conv1x1_as_dot={setting.conv1x1_as_dot}', f'--dtype={setting.dtype}',
+           f'--cpu_kernels={setting.cpu_kernels}',
+           f'--variant={args.variant}', f'--num_classes={args.num_classes}',
+           f'--aux_logits={args.aux_logits}', f'--steps={args.steps}',
+           f'--warmup={args.warmup}'] + (['--compare_keras'] if args.compare_keras else []) + (
+               [] if setting.conv_wgrad_as_dot is None else
+               [f'--conv_wgrad_as_dot={setting.conv_wgrad_as_dot}']) + (
+               [f'--repeats={",".join(map(str, args.repeats))}'] if args.repeats else [])
+  script = os.path.abspath(__file__)
+  record = _run_worker([sys.executable, script, '--worker'] + flags, setting)
+  if args.compare_timm and setting.model in TIMM_MODELS:
+    record.update(_run_worker([args.timm_python, script, '--timm_worker'] + flags, setting))
+  return record
 
 
 COLUMNS = (  # (heading, key, format)
@@ -270,20 +334,25 @@ COLUMNS = (  # (heading, key, format)
     ('keras 1st step s', 'keras_first_step_s', '{:.1f}'),
     ('keras train img/s', 'keras_train_img_s', '{:.2f}'),
     ('keras infer img/s', 'keras_infer_img_s', '{:.2f}'),
+    ('timm 1st step s', 'timm_first_step_s', '{:.1f}'),
+    ('timm train img/s', 'timm_train_img_s', '{:.2f}'),
+    ('timm infer img/s', 'timm_infer_img_s', '{:.2f}'),
 )
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
-  """A Markdown table of the records; Keras columns only when some record has them."""
+  """A Markdown table of the records; a peer's columns only when some record has them."""
   columns = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in records)]
   rows = [[c[0] for c in columns]]
   for r in records:
     rows.append(['-' if r.get(key) is None else fmt.format(r[key]) for _, key, fmt in columns])
-  if any('keras_train_img_s' in r for r in records):
-    rows[0] += ['train x keras', 'infer x keras']
+  for peer in ('keras', 'timm'):
+    if not any(f'{peer}_train_img_s' in r for r in records):
+      continue
+    rows[0] += [f'train x {peer}', f'infer x {peer}']
     for row, r in zip(rows[1:], records):
-      ratio = lambda k: (f'{r[k + "_img_s"] / r["keras_" + k + "_img_s"]:.2f}'
-                         if r.get('keras_' + k + '_img_s') else '-')
+      ratio = lambda k: (f'{r[k + "_img_s"] / r[f"{peer}_{k}_img_s"]:.2f}'
+                         if r.get(f'{peer}_{k}_img_s') else '-')
       row += [ratio('train'), ratio('infer')]
   lines = ['| ' + ' | '.join(row) + ' |' for row in rows]
   lines.insert(1, '|' + '---|' * len(rows[0]))
@@ -356,9 +425,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--compare_keras', action='store_true',
                  help='also time Keras InceptionV3/InceptionResNetV2 (JAX backend) in the '
                       'same process')
+  p.add_argument('--compare_timm', action='store_true',
+                 help='also time timm\'s inception_v3/v4/inception_resnet_v2 (PyTorch, eager) '
+                      f'in the same run; needs `{TIMM_INSTALL}`')
+  p.add_argument('--timm_python', default=sys.executable,
+                 help='the Python interpreter that has PyTorch and timm, e.g. another '
+                      'venv\'s bin/python (default: this one)')
   p.add_argument('--json', action='store_true', help='one JSON object per setting per line')
   p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--timm_worker', action='store_true', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.timm_worker:
+    return args  # Checked by the parent; the timm venv may have no JAX to check with.
   # After parsing, so that --help does not wait for JAX to import.
   from inception_jax import models  # pylint: disable=g-import-not-at-top
   for name in ('batch', 'image_size', 'width_multiplier'):
@@ -378,6 +456,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.error(f'--steps={args.steps} must be >= 1')
   if args.warmup < 0:
     p.error(f'--warmup={args.warmup} must be >= 0')
+  if args.compare_timm:
+    try:
+      found = subprocess.run([args.timm_python, '-c', 'import timm, torch'],
+                             capture_output=True).returncode == 0
+    except OSError:
+      found = False
+    if not found:
+      p.error(f'--compare_timm: {args.timm_python} cannot import PyTorch and timm, which '
+              f'requirements.txt does not install; `{TIMM_INSTALL}` there, or give '
+              f'--timm_python of a venv that has them')
   return args
 
 
@@ -392,6 +480,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.worker:
     (setting,) = settings(args)
     print(json.dumps(measure(setting, args)), flush=True)
+    return
+  if args.timm_worker:
+    (setting,) = settings(args)
+    print(json.dumps(measure_timm(setting, args)), flush=True)
     return
   records = []
   for setting in settings(args):

@@ -55,6 +55,17 @@ def test_scanned_and_unrolled_records_and_table():
   assert 'keras train img/s' not in heading  # Keras columns only with --compare_keras.
   assert [line.split(' | ')[5] for line in table[2:]] == ['1', '0']
 
+  # A peer's columns and our ratio to it, for the records that have the peer's figures.
+  timed = [dict(scanned, timm_train_img_s=scanned['train_img_s'] / 4,
+                timm_infer_img_s=scanned['infer_img_s'] * 2), unrolled]
+  table = step_time.format_table(timed).splitlines()
+  heading = [cell.strip() for cell in table[0].strip('|').split('|')]
+  assert heading[-4:] == ['timm train img/s', 'timm infer img/s', 'train x timm',
+                          'infer x timm']
+  assert 'timm 1st step s' not in heading  # No record has it.
+  rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in table[2:]]
+  assert rows[0][-2:] == ['4.00', '0.50'] and rows[1][-2:] == ['-', '-']
+
 
 @pytest.mark.parametrize('flag, message', [
     ('--model=inception_v5', "argument --model: 'inception_v5' is invalid; give a "
@@ -69,3 +80,19 @@ def test_bad_flags_give_one_line_errors(flag, message):
   assert proc.returncode == 2 and proc.stdout == ''
   error = proc.stderr.strip().splitlines()[-1]
   assert error.startswith('step_time.py: error: ') and message in error, proc.stderr
+
+
+def test_compare_timm_names_the_interpreter_without_torch():
+  # This venv has no PyTorch (requirements.txt does not install it): a one-line error.
+  missing = os.path.join(REPO, 'no_such_venv', 'bin', 'python')
+  for flags in (['--compare_timm', f'--timm_python={missing}'], ['--compare_timm']):
+    if flags == ['--compare_timm'] and subprocess.run(
+        [sys.executable, '-c', 'import timm, torch'], capture_output=True).returncode == 0:
+      continue  # This interpreter has them: no error to see.
+    proc = _run('--model=inception_resnet_v2', *flags)
+    assert proc.returncode == 2 and proc.stdout == ''
+    error = proc.stderr.strip().splitlines()[-1]
+    python = flags[1].split('=')[1] if len(flags) > 1 else sys.executable
+    assert error.startswith(f'step_time.py: error: --compare_timm: {python} cannot import '
+                            'PyTorch and timm'), proc.stderr
+    assert step_time.TIMM_INSTALL in error

@@ -7,6 +7,7 @@ runs uses narrow widths at the minimum input size.
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -281,7 +282,8 @@ def test_conv1x1_as_dot_is_the_same_function():
 
 @pytest.mark.parametrize('kernel, strides, padding', [
     ((3, 3), 1, 'VALID'), ((3, 3), 2, 'SAME'), ((7, 1), 1, 'SAME'), ((1, 7), 1, 'SAME'),
-    ((5, 5), 2, 'VALID'), ((3, 1), 2, 'SAME')])
+    ((5, 5), 2, 'VALID'), ((3, 1), 2, 'SAME'), ((3, 3), 1, 'SAME'),
+    ((2, 4), 1, 'SAME')])  # Even kernels: uneven SAME pads in the stride-1 data gradient.
 def test_conv_weight_gradient_as_matmul_matches_xla(kernel, strides, padding):
   conv = functools.partial(layers._conv, conv1x1_as_dot=True, wgrad_as_dot=True)
   rng = np.random.RandomState(0)
@@ -299,6 +301,61 @@ def test_conv_weight_gradient_as_matmul_matches_xla(kernel, strides, padding):
   np.testing.assert_array_equal(ours, ref)  # The forward pass is XLA's own.
   for g, r in zip(ours_grads, ref_grads):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('use_scale', [False, True])
+def test_batch_norm_relu_is_flax_batch_norm_then_relu(use_scale):
+  x = jax.random.normal(jax.random.key(0), (4, 5, 5, 6)) * 3 + 1
+  weight = jax.random.normal(jax.random.key(1), x.shape)  # A loss that weighs every output.
+  flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3,
+                         use_scale=use_scale)
+  ours = layers.BatchNormReLU(False, 0.9, 1e-3, use_scale)
+  variables = flax_bn.init(jax.random.key(2), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(2), x)) == jax.tree.map(
+      jnp.shape, variables)
+  # Statistics and parameters away from their initial values.
+  variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(jax.random.key(3), v.shape),
+                           variables)
+
+  def loss(module, variables, x):
+    y, updates = module.apply(variables, x, mutable=['batch_stats'])
+    y = nn.relu(y) if module is flax_bn else y
+    return jnp.sum(y * weight), (y, updates)
+
+  (_, (want, want_stats)), want_grads = jax.value_and_grad(loss, (1, 2), has_aux=True)(
+      flax_bn, variables, x)
+  (_, (got, got_stats)), got_grads = jax.value_and_grad(loss, (1, 2), has_aux=True)(
+      ours, variables, x)
+  # Same forward values and running statistics; the closed-form gradient equals
+  # autodiff's up to float rounding.
+  np.testing.assert_array_equal(got, want)
+  jax.tree.map(np.testing.assert_array_equal, got_stats, want_stats)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  # Inference uses the running statistics.
+  np.testing.assert_array_equal(
+      layers.BatchNormReLU(True, 0.9, 1e-3, use_scale).apply(variables, x),
+      nn.relu(flax_bn.clone(use_running_average=True).apply(variables, x)))
+
+
+@pytest.mark.parametrize('spec', [layers.MAX_POOL_REDUCE, layers.Pool('max'),
+                                  layers.Pool('max', strides=2), layers.IDENTITY_POOL])
+def test_max_pool_gradient_matches_xla(spec):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))  # Odd/even sides: uneven SAME pads.
+  window, strides = (spec.window,) * 2, (spec.strides,) * 2
+  y = nn.max_pool(x, window, strides, spec.padding)
+  weight = jax.random.normal(jax.random.key(1), y.shape)
+  ours = jax.grad(lambda x: jnp.sum(layers.pool(spec, x) * weight))(x)
+  want = jax.grad(lambda x: jnp.sum(nn.max_pool(x, window, strides, spec.padding) * weight))(x)
+  np.testing.assert_array_equal(layers.pool(spec, x), y)
+  np.testing.assert_allclose(ours, want, rtol=1e-6, atol=1e-6)  # Sums in another order.
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum():
+  # Two equal maxima in one 3x3 window: TF's MaxPoolGrad picks the first in row-major order.
+  x = jnp.zeros((1, 3, 3, 1)).at[0, 0, 2, 0].set(1.0).at[0, 2, 0, 0].set(1.0)
+  grad = jax.grad(lambda x: jnp.sum(layers.pool(layers.MAX_POOL_REDUCE, x)))(x)
+  np.testing.assert_array_equal(grad[0, :, :, 0], [[0, 0, 1], [0, 0, 0], [0, 0, 0]])
 
 
 def test_conv_wgrad_as_dot_trains_the_same_network():

@@ -126,7 +126,8 @@ def _conv_wgrad_as_dot(x, kernel, strides, pads, precision):
 
   XLA:CPU's convolution weight gradient runs at 3-15 GFLOP/s for the 3x3 stem
   convs and the 7x1 convs of the 17x17 blocks; the same sum as a matmul runs at
-  13-58 GFLOP/s (benchmarks/README.md). The data gradient stays XLA's own.
+  13-58 GFLOP/s (benchmarks/README.md (e)). A stride-1 conv's data gradient is
+  written as the NHWC conv it is (see `_data_grad`); a strided one stays XLA's.
   """
   return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC,
                                   precision=precision)
@@ -136,10 +137,29 @@ def _wgrad_fwd(x, kernel, strides, pads, precision):
   return _conv_wgrad_as_dot(x, kernel, strides, pads, precision), (x, kernel)
 
 
+def _data_grad(dy, kernel, pads, precision):
+  """The input gradient of a stride-1 NHWC conv, as an NHWC/HWIO conv of `dy`.
+
+  It is the full correlation of `dy` with the kernel rotated 180 degrees, input and
+  output channels swapped. jax's transpose rule gives the same sum with swapped
+  dimension numbers, which XLA:CPU rewrites to its fast kernels outside loops but
+  not in the body of a scan, where it ran on the generic convolution
+  (benchmarks/README.md (j)).
+  """
+  flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+  full = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:2], pads))
+  return lax.conv_general_dilated(dy, flipped, (1, 1), full, dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
 def _wgrad_bwd(strides, pads, precision, residuals, dy):
   x, kernel = residuals
-  _, data_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
-      x, kernel, strides, pads, dimension_numbers=_NHWC, precision=precision), x)
+  if strides == (1, 1) and all(max(p) < k for k, p in zip(kernel.shape[:2], pads)):
+    dx = _data_grad(dy, kernel, pads, precision)
+  else:
+    _, data_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
+        x, kernel, strides, pads, dimension_numbers=_NHWC, precision=precision), x)
+    dx, = data_vjp(dy)
   kh, kw = kernel.shape[:2]
   (sh, sw), (ho, wo) = strides, dy.shape[1:3]
   x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
@@ -147,10 +167,91 @@ def _wgrad_bwd(strides, pads, precision, residuals, dy):
   patches = jnp.stack([x[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
                        for a in range(kh) for b in range(kw)], axis=3)
   grad = jnp.einsum('nijtc,nijf->tcf', patches, dy, precision=precision)
-  return data_vjp(dy)[0], grad.reshape(kernel.shape).astype(kernel.dtype)
+  return dx.astype(x.dtype), grad.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _conv_wgrad_as_dot.defvjp(_wgrad_fwd, _wgrad_bwd)
+
+
+def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mean and variance over every axis but channels, in float32, as flax's BatchNorm."""
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  axes = tuple(range(x.ndim - 1))
+  mean = x.mean(axes)
+  return mean, jnp.maximum(0.0, jnp.square(x).mean(axes) - jnp.square(mean))
+
+
+def _normalize_relu(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array,
+                    bias: jax.Array, epsilon: float) -> jax.Array:
+  y = (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
+  return nn.relu(y).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_relu(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                     epsilon: float) -> jax.Array:
+  """ReLU(BatchNorm(x)) with batch statistics, and its gradient written out.
+
+  Autodiff of the normalization differentiates the mean and the variance apart and
+  XLA:CPU compiles each piece as its own kernels; the closed form needs two channel
+  sums and one elementwise pass (IR-v2 compile -5 to -7 s: benchmarks/README (i)).
+  """
+  return _normalize_relu(x, *_batch_stats(x), scale, bias, epsilon)
+
+
+def _batch_norm_relu_fwd(x, scale, bias, epsilon):
+  mean, var = _batch_stats(x)
+  y = _normalize_relu(x, mean, var, scale, bias, epsilon)
+  return y, (x, mean, var, scale, y)
+
+
+def _batch_norm_relu_bwd(epsilon, residuals, dy):
+  x, mean, var, scale, y = residuals
+  axes = tuple(range(x.ndim - 1))
+  dy = jnp.where(y > 0, dy, 0).astype(mean.dtype)
+  inv_std = lax.rsqrt(var + epsilon)
+  x_hat = (x - mean) * inv_std
+  dbias = dy.sum(axes)
+  dscale = (dy * x_hat).sum(axes)
+  n = x.size // x.shape[-1]
+  dx = (scale * inv_std) * (dy - (dbias + x_hat * dscale) / n)
+  return dx.astype(x.dtype), dscale, dbias  # Statistics and parameters are float32.
+
+
+_batch_norm_relu.defvjp(_batch_norm_relu_fwd, _batch_norm_relu_bwd)
+
+
+class BatchNormReLU(nn.Module):
+  """`nn.relu(nn.BatchNorm(...)(x))` over channels: the same variables, names and values.
+
+  Only the training-mode gradient differs from flax's module, in that it is the
+  closed form of `_batch_norm_relu` rather than autodiff's (equal up to rounding).
+  Statistics are computed in float32 with E[x^2] - E[x]^2, and under `jit` with a
+  sharded batch they are those of the global batch, as with `nn.BatchNorm`.
+  """
+  use_running_average: bool
+  momentum: float
+  epsilon: float
+  use_scale: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(self.dtype)
+    features = (x.shape[-1],)
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros(features, jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones(features, jnp.float32))
+    scale = (self.param('scale', nn.initializers.ones_init(), features, jnp.float32)
+             if self.use_scale else jnp.ones(features, jnp.float32))
+    bias = self.param('bias', nn.initializers.zeros_init(), features, jnp.float32)
+    if self.use_running_average:
+      return _normalize_relu(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      # XLA computes these sums once: the same ones feed `_batch_norm_relu`.
+      mean, var = lax.stop_gradient(_batch_stats(x))
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return _batch_norm_relu(x, scale, bias, self.epsilon)
 
 
 class ConvBN(nn.Module):
@@ -166,17 +267,54 @@ class ConvBN(nn.Module):
         padding=self.spec.padding, use_bias=False, dtype=o.dtype,
         conv_general_dilated=o.conv_general_dilated,
         name='conv')(x)
-    x = nn.BatchNorm(
-        use_running_average=not train, momentum=o.bn_momentum, epsilon=o.bn_epsilon,
-        use_scale=o.bn_scale, dtype=o.dtype, name='bn')(x)
-    return nn.relu(x)
+    return BatchNormReLU(not train, o.bn_momentum, o.bn_epsilon, o.bn_scale, o.dtype,
+                         name='bn')(x)
 
 
 def pool(spec: Pool, x: jax.Array) -> jax.Array:
   window, strides = (spec.window, spec.window), (spec.strides, spec.strides)
   if spec.kind == 'max':
-    return nn.max_pool(x, window, strides, spec.padding)
+    return _max_pool(x, window, strides, spec.padding)
   return nn.avg_pool(x, window, strides, spec.padding, count_include_pad=False)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+              padding: str) -> jax.Array:
+  """`nn.max_pool` whose gradient goes to the first maximum of each window, as in TF.
+
+  XLA differentiates a max pool with a variadic reduce-window that tracks the argmax
+  with index arrays, then scatters; here each of the window's taps is one strided
+  compare and pad, which XLA fuses into a few loops (3.5x faster: benchmarks/README (i)).
+  """
+  return nn.max_pool(x, window, strides, padding)
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  y = _max_pool(x, window, strides, padding)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, strides, padding, residuals, dy):
+  x, y = residuals
+  pads = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+  x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+  (sh, sw), (ho, wo) = strides, y.shape[1:3]
+  dx, taken = jnp.zeros(x.shape, dy.dtype), jnp.zeros(y.shape, bool)
+  for a in range(window[0]):
+    for b in range(window[1]):
+      tap = x[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
+      hit = (tap == y) & ~taken  # Only the first maximum in row-major window order.
+      taken |= hit
+      # Back to the input grid: interior padding spreads the outputs `stride` apart.
+      dx += lax.pad(jnp.where(hit, dy, 0), jnp.zeros((), dy.dtype),
+                    ((0, 0, 0), (a, x.shape[1] - a - sh * (ho - 1) - 1, sh - 1),
+                     (b, x.shape[2] - b - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)))
+  (top, bottom), (left, right) = pads
+  return (dx[:, top:x.shape[1] - bottom, left:x.shape[2] - right],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class Branch(nn.Module):
