@@ -154,6 +154,7 @@ def _data_grad(dy, kernel, pads, precision):
 
 def _wgrad_bwd(strides, pads, precision, residuals, dy):
   x, kernel = residuals
+  # SAME and VALID pads are below the kernel size, so the full correlation's are >= 0.
   if strides == (1, 1) and all(max(p) < k for k, p in zip(kernel.shape[:2], pads)):
     dx = _data_grad(dy, kernel, pads, precision)
   else:
