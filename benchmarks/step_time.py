@@ -38,8 +38,7 @@ MODELS = ('inception_v3', 'inception_v4', 'inception_resnet_v1', 'inception_resn
 CPU_KERNELS = ('auto', 'eigen', 'ynnpack')
 # Keras applications and timm models with the same network (slim layout, no auxiliary head).
 KERAS_MODELS = {'inception_v3': 'InceptionV3', 'inception_resnet_v2': 'InceptionResNetV2'}
-TIMM_MODELS = {'inception_v3': 'inception_v3', 'inception_v4': 'inception_v4',
-               'inception_resnet_v2': 'inception_resnet_v2'}
+TIMM_MODELS = ('inception_v3', 'inception_v4', 'inception_resnet_v2')  # timm's names are ours.
 # PyTorch and timm are not in requirements.txt (several GB): --compare_timm asks for them,
 # in this venv or (--timm_python) another one.
 TIMM_INSTALL = 'pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31'
@@ -245,7 +244,7 @@ def measure_timm(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
     return {}
   import timm  # pylint: disable=g-import-not-at-top
   import torch
-  net = timm.create_model(TIMM_MODELS[setting.model], num_classes=args.num_classes)
+  net = timm.create_model(setting.model, num_classes=args.num_classes)
   opt = torch.optim.RMSprop(net.parameters(), lr=0.045, alpha=0.9, eps=1.0, momentum=0.9)
   gen = torch.Generator().manual_seed(0)
   x = torch.rand((setting.batch, 3, setting.image_size, setting.image_size), generator=gen) * 2 - 1

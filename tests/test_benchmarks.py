@@ -82,17 +82,17 @@ def test_bad_flags_give_one_line_errors(flag, message):
   assert error.startswith('step_time.py: error: ') and message in error, proc.stderr
 
 
-def test_compare_timm_names_the_interpreter_without_torch():
-  # This venv has no PyTorch (requirements.txt does not install it): a one-line error.
-  missing = os.path.join(REPO, 'no_such_venv', 'bin', 'python')
-  for flags in (['--compare_timm', f'--timm_python={missing}'], ['--compare_timm']):
-    if flags == ['--compare_timm'] and subprocess.run(
-        [sys.executable, '-c', 'import timm, torch'], capture_output=True).returncode == 0:
-      continue  # This interpreter has them: no error to see.
-    proc = _run('--model=inception_resnet_v2', *flags)
-    assert proc.returncode == 2 and proc.stdout == ''
-    error = proc.stderr.strip().splitlines()[-1]
-    python = flags[1].split('=')[1] if len(flags) > 1 else sys.executable
-    assert error.startswith(f'step_time.py: error: --compare_timm: {python} cannot import '
-                            'PyTorch and timm'), proc.stderr
-    assert step_time.TIMM_INSTALL in error
+@pytest.mark.parametrize('named', [True, False])
+def test_compare_timm_names_the_interpreter_without_torch(named):
+  # requirements.txt does not install PyTorch: a one-line error naming the interpreter.
+  python = os.path.join(REPO, 'no_such_venv', 'bin', 'python') if named else sys.executable
+  if not named and subprocess.run([python, '-c', 'import timm, torch'],
+                                  capture_output=True).returncode == 0:
+    pytest.skip('this interpreter has PyTorch and timm: no error to see')
+  proc = _run('--model=inception_resnet_v2', '--compare_timm',
+              *([f'--timm_python={python}'] if named else []))
+  assert proc.returncode == 2 and proc.stdout == ''
+  error = proc.stderr.strip().splitlines()[-1]
+  assert error.startswith(f'step_time.py: error: --compare_timm: {python} cannot import '
+                          'PyTorch and timm'), proc.stderr
+  assert step_time.TIMM_INSTALL in error

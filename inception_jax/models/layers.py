@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -120,6 +120,16 @@ def _conv(lhs, rhs, window_strides, padding, *, conv1x1_as_dot: bool, wgrad_as_d
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
+def _taps(padded: jax.Array, window: Sequence[int], strides: Sequence[int],
+          out_hw: Sequence[int]) -> Iterator[tuple[int, int, jax.Array]]:
+  """(a, b, view) for each tap of a window, row-major: `view[n, i, j, c]` is the padded
+  NHWC input under tap (a, b) of output (i, j)'s window."""
+  (sh, sw), (ho, wo) = strides, out_hw
+  for a in range(window[0]):
+    for b in range(window[1]):
+      yield a, b, padded[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_wgrad_as_dot(x, kernel, strides, pads, precision):
   """An NHWC conv whose weight gradient is one matmul over image patches (im2col).
@@ -161,12 +171,10 @@ def _wgrad_bwd(strides, pads, precision, residuals, dy):
     _, data_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
         x, kernel, strides, pads, dimension_numbers=_NHWC, precision=precision), x)
     dx, = data_vjp(dy)
-  kh, kw = kernel.shape[:2]
-  (sh, sw), (ho, wo) = strides, dy.shape[1:3]
   x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   # patches[n, i, j, tap, c] is the input under kernel tap `tap` for output (i, j).
-  patches = jnp.stack([x[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
-                       for a in range(kh) for b in range(kw)], axis=3)
+  patches = jnp.stack([view for _, _, view in _taps(x, kernel.shape[:2], strides,
+                                                    dy.shape[1:3])], axis=3)
   grad = jnp.einsum('nijtc,nijf->tcf', patches, dy, precision=precision)
   return dx.astype(x.dtype), grad.reshape(kernel.shape).astype(kernel.dtype)
 
@@ -302,15 +310,13 @@ def _max_pool_bwd(window, strides, padding, residuals, dy):
   x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
   (sh, sw), (ho, wo) = strides, y.shape[1:3]
   dx, taken = jnp.zeros(x.shape, dy.dtype), jnp.zeros(y.shape, bool)
-  for a in range(window[0]):
-    for b in range(window[1]):
-      tap = x[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
-      hit = (tap == y) & ~taken  # Only the first maximum in row-major window order.
-      taken |= hit
-      # Back to the input grid: interior padding spreads the outputs `stride` apart.
-      dx += lax.pad(jnp.where(hit, dy, 0), jnp.zeros((), dy.dtype),
-                    ((0, 0, 0), (a, x.shape[1] - a - sh * (ho - 1) - 1, sh - 1),
-                     (b, x.shape[2] - b - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)))
+  for a, b, tap in _taps(x, window, strides, (ho, wo)):
+    hit = (tap == y) & ~taken  # Only the first maximum in row-major window order.
+    taken |= hit
+    # Back to the input grid: interior padding spreads the outputs `stride` apart.
+    dx += lax.pad(jnp.where(hit, dy, 0), jnp.zeros((), dy.dtype),
+                  ((0, 0, 0), (a, x.shape[1] - a - sh * (ho - 1) - 1, sh - 1),
+                   (b, x.shape[2] - b - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)))
   (top, bottom), (left, right) = pads
   return (dx[:, top:x.shape[1] - bottom, left:x.shape[2] - right],)
 
