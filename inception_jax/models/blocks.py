@@ -14,6 +14,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from inception_jax.models.layers import (AVG_POOL, IDENTITY_POOL, MAX_POOL_REDUCE, ConvBN,
                                          Fork, LayerOptions, Layers, Pool,
@@ -66,7 +67,10 @@ class ResidualBlock(Block):
       out = x + up
     else:
       out = up
-    return nn.relu(out) if self.activation else out
+    out = nn.relu(out) if self.activation else out
+    # Computed once: unrolled, XLA fuses a stage's whole chain of elementwise residual sums
+    # into each consumer, re-reading every earlier block's expansion (benchmarks/README (k)).
+    return lax.optimization_barrier(out)
 
 
 def _norm(x: jax.Array) -> jax.Array:

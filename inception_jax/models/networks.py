@@ -188,6 +188,11 @@ class Inception(nn.Module):
   def compiler_options(self) -> dict[str, Any] | None:
     """The XLA options every jit of this network's steps is given (`jax.jit(compiler_options=)`)."""
     kernels, options = self.resolved_cpu_kernels, {}
+    if kernels is not None and not self.scan_blocks:
+      # Keep `lax.optimization_barrier`s (XLA:CPU drops them before fusion, GPU/TPU keep
+      # them): each residual block's output is then computed once (blocks.ResidualBlock).
+      # A scan's carry is computed once anyway, and there the kept barrier costs time.
+      options['xla_disable_hlo_passes'] = 'cse_barrier_expander'
     if kernels == 'eigen':
       options['xla_cpu_experimental_ynn_fusion_type'] = ''  # No YNNPACK: XLA's Eigen kernels.
     if kernels == 'ynnpack' and self.scan_blocks:
