@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from inception_jax.models import create_model, layers, stack_repeats
+from inception_jax.models import blocks, create_model, layers, stack_repeats
 from inception_jax.models.summary import format_table, stage_stats
 
 
@@ -248,6 +248,9 @@ def test_residual_blocks_sow_branch_to_shortcut_ratio():
   _, state = jax.jit(lambda v: model.apply(v, X, mutable=['intermediates']))(_init(model))
   ratio = state['intermediates']['InceptionResNetA_0']['residual_ratio'][0]
   assert ratio.shape == () and 0 < float(ratio) < 10
+  a, b = (np.random.RandomState(i).randn(2, 5, 5, 6).astype(np.float32) for i in (0, 1))
+  rms = lambda v: np.sqrt(np.mean(np.square(v, dtype=np.float64)))
+  np.testing.assert_allclose(blocks._rms_ratio(a, b * 3), rms(a) / rms(b * 3), rtol=1e-6)
 
 
 @pytest.mark.parametrize('remat', [False, True])
@@ -279,6 +282,51 @@ def test_conv1x1_as_dot_is_the_same_function():
   as_conv = create_model('inception_resnet_v2', repeats=(1, 1, 1), conv1x1_as_dot=False, **TINY)
   np.testing.assert_allclose(_forward(model, variables), _forward(as_conv, variables),
                              atol=1e-5)
+
+
+def test_1x1_weight_gradient_is_one_matmul_without_a_transposed_copy():
+  """The 1x1 dot contracts one axis of an (N*H*W, C) view; contracting N, H and W of
+  the 4-d arrays made XLA:CPU copy the output gradient transposed first."""
+  conv = functools.partial(layers._conv, conv1x1_as_dot=True, wgrad_as_dot=False)
+  x = jnp.ones((2, 6, 6, 8))
+  w = jnp.ones((1, 1, 8, 16))
+  options = {'xla_cpu_experimental_ynn_fusion_type': ''}  # The Eigen kernels, as on CPU.
+
+  def transposes(f):
+    grad = jax.grad(lambda w: jnp.sum(jnp.sin(f(x, w))))
+    return jax.jit(grad, compiler_options=options).lower(w).compile().as_text().count(
+        ' transpose(')
+
+  assert transposes(lambda x, w: conv(x, w, (1, 1), 'SAME')) == 0
+  assert transposes(lambda x, w: jnp.einsum('nhwc,cf->nhwf', x, w[0, 0])) >= 1
+
+
+@pytest.mark.parametrize('as_dot', [True, False])
+def test_expansion_conv_is_flax_conv_with_bias(as_dot):
+  opts = layers.LayerOptions(conv1x1_as_dot=as_dot)
+  ours = layers.Conv1x1Bias(6, opts)
+  flax_conv = nn.Conv(6, (1, 1), use_bias=True, conv_general_dilated=opts.conv_general_dilated)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
+  variables = flax_conv.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(1), x), variables)
+  variables = jax.tree.map(lambda v: v + 0.3, variables)  # A nonzero bias.
+  np.testing.assert_array_equal(ours.apply(variables, x), flax_conv.apply(variables, x))
+  loss = lambda m, v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+  got = jax.grad(loss, (1, 2))(ours, variables, x)
+  want = jax.grad(loss, (1, 2))(flax_conv, variables, x)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(3, 5, 7, 4), (2, 3, 4), (6, 4)])
+def test_channel_sums_sum_over_every_axis_but_channels(shape):
+  a = np.random.RandomState(0).randn(*shape).astype(np.float32)
+  axes = tuple(range(len(shape) - 1))
+  total, squares = layers.channel_sums(jnp.asarray(a), jnp.asarray(a * a))
+  np.testing.assert_allclose(total, a.sum(axes, dtype=np.float64), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(squares, (a * a).sum(axes, dtype=np.float64), rtol=1e-5)
+  alone, = layers.channel_sums(jnp.asarray(a))
+  np.testing.assert_array_equal(alone, total)
 
 
 @pytest.mark.parametrize('kernel, strides, padding', [

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from inception_jax.models.layers import (AVG_POOL, IDENTITY_POOL, MAX_POOL_REDUCE, ConvBN,
-                                         Fork, LayerOptions, Layers, Pool,
-                                         alternating, concat_branches, conv, reduce_conv)
+from inception_jax.models.layers import (AVG_POOL, IDENTITY_POOL, MAX_POOL_REDUCE, Conv1x1Bias,
+                                         ConvBN, Fork, LayerOptions, Layers, Pool, alternating,
+                                         channel_sums, concat_branches, conv, reduce_conv)
 
 Kernel = tuple[int, int]
 
@@ -58,12 +58,10 @@ class ResidualBlock(Block):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     mixed = concat_branches(self.branches(), self.opts, x, train)
-    up = nn.Conv(x.shape[-1], (1, 1), use_bias=True, dtype=self.opts.dtype,
-                 conv_general_dilated=self.opts.conv_general_dilated,
-                 name='Conv2d_1x1')(mixed)
+    up = Conv1x1Bias(x.shape[-1], self.opts, name='Conv2d_1x1')(mixed)
     if self.use_residual:
       up = self.scale * up
-      self.sow('intermediates', 'residual_ratio', _norm(up) / (_norm(x) + 1e-12))
+      self.sow('intermediates', 'residual_ratio', _rms_ratio(up, x))
       out = x + up
     else:
       out = up
@@ -73,8 +71,14 @@ class ResidualBlock(Block):
     return lax.optimization_barrier(out)
 
 
-def _norm(x: jax.Array) -> jax.Array:
-  return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+def _rms_ratio(a: jax.Array, b: jax.Array) -> jax.Array:
+  """RMS(a) / RMS(b), in float32, both from one pass of `channel_sums`: a metric only.
+
+  The gradient is stopped first: jax's JVP of a variadic reduce is a tree of slices.
+  """
+  a, b = (jnp.square(lax.stop_gradient(v).astype(jnp.float32)) for v in (a, b))
+  sum_a, sum_b = (jnp.sum(s) for s in channel_sums(a, b))
+  return jnp.sqrt(sum_a / a.size) / (jnp.sqrt(sum_b / b.size) + 1e-12)
 
 
 # --- Stems -------------------------------------------------------------------

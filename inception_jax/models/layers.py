@@ -107,7 +107,10 @@ def _conv(lhs, rhs, window_strides, padding, *, conv1x1_as_dot: bool, wgrad_as_d
            all(d == 1 for d in kwargs.get('rhs_dilation') or (1, 1)) and
            kwargs.get('feature_group_count', 1) == 1)
   if conv1x1_as_dot and plain and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1):
-    return jnp.einsum('nhwc,cf->nhwf', lhs, rhs[0, 0], precision=kwargs.get('precision'))
+    # Over an (N*H*W, C) view: with one contracting axis the weight gradient is one
+    # transposed-operand matmul; contracting N, H and W made XLA:CPU copy dy transposed.
+    out = jnp.dot(lhs.reshape(-1, lhs.shape[-1]), rhs[0, 0], precision=kwargs.get('precision'))
+    return out.reshape(*lhs.shape[:-1], rhs.shape[-1])
   if wgrad_as_dot and plain and rhs.shape[:2] != (1, 1):
     pads = padding
     if isinstance(padding, str):
@@ -182,30 +185,37 @@ def _wgrad_bwd(strides, pads, precision, residuals, dy):
 _conv_wgrad_as_dot.defvjp(_wgrad_fwd, _wgrad_bwd)
 
 
-def _add_pairs(u, v):
-  return u[0] + v[0], u[1] + v[1]
+def _add_tuples(u, v):
+  return tuple(a + b for a, b in zip(u, v))
 
 
-def _channel_sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The sums of `a` and of `b` over every axis but channels, in one pass.
+def channel_sums(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+  """The sums of each array over every axis but channels, in one pass over all of them.
 
-  One variadic reduce over the leading axes of an (N*H, W, C) view, then over W:
-  XLA:CPU runs it 2-5x faster than two `sum`s over (N, H, W), which it splits into
-  tiled reduce-windows (benchmarks/README.md (k)).
+  One variadic reduce over H of an (N, H, W*C) view, then a small sum over N and W:
+  XLA:CPU runs this 2-8x faster than `sum` over (N, H, W), which it splits into tiled
+  reduce-windows, or than one reduce over N*H (benchmarks/README.md (k), (l)).
   """
-  if a.ndim > 2:
-    a, b = (v.reshape(-1, *v.shape[-2:]) for v in (a, b))
-  sa, sb = lax.reduce((a, b), (jnp.zeros((), a.dtype), jnp.zeros((), b.dtype)), _add_pairs, (0,))
-  if sa.ndim > 1:
-    sa, sb = sa.sum(0), sb.sum(0)
-  return sa, sb
+  shape = arrays[0].shape
+  if len(shape) > 3:
+    arrays = tuple(a.reshape(shape[0], -1, shape[-2] * shape[-1]) for a in arrays)
+  zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
+  partial = lax.reduce(arrays, zeros, _add_tuples, (1,) if len(shape) > 3 else
+                       tuple(range(len(shape) - 1)))
+  partial = tuple(p.reshape(-1, shape[-1]) for p in partial)
+  if len(partial) > 1:
+    return tuple(p.sum(0) for p in partial)
+  # XLA merges a plain reduce followed by a sum back into the slow sum; a variadic one it
+  # keeps. A matrix-vector product it keeps too, but compiles slower: only used here.
+  ones = jnp.ones(partial[0].shape[0], partial[0].dtype)
+  return (jnp.dot(ones, partial[0], precision=lax.Precision.HIGHEST),)
 
 
 def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Mean and variance over every axis but channels, in float32, as flax's BatchNorm."""
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   n = x.size // x.shape[-1]
-  total, squares = _channel_sums(x, jnp.square(x))
+  total, squares = channel_sums(x, jnp.square(x))
   mean = total / n
   return mean, jnp.maximum(0.0, squares / n - jnp.square(mean))
 
@@ -239,7 +249,7 @@ def _batch_norm_relu_bwd(epsilon, residuals, dy):
   dy = jnp.where(y > 0, dy, 0).astype(mean.dtype)
   inv_std = lax.rsqrt(var + epsilon)
   x_hat = (x - mean) * inv_std
-  dbias, dscale = _channel_sums(dy, dy * x_hat)
+  dbias, dscale = channel_sums(dy, dy * x_hat)
   n = x.size // x.shape[-1]
   dx = (scale * inv_std) * (dy - (dbias + x_hat * dscale) / n)
   return dx.astype(x.dtype), dscale, dbias  # Statistics and parameters are float32.
@@ -298,6 +308,48 @@ class ConvBN(nn.Module):
         name='conv')(x)
     return BatchNormReLU(not train, o.bn_momentum, o.bn_epsilon, o.bn_scale, o.dtype,
                          name='bn')(x)
+
+
+@jax.custom_vjp
+def _add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+  """`y + bias` over channels, whose bias gradient is one `channel_sums` pass.
+
+  jax transposes the broadcast into a sum over (N, H, W), which XLA:CPU runs 3-13x
+  slower at IR-v2's shapes (benchmarks/README.md (l)).
+  """
+  return y + bias
+
+
+def _add_bias_fwd(y, bias):
+  return y + bias, None
+
+
+def _add_bias_bwd(_, dy):
+  # `bias` has y's dtype (promoted by the caller); the sum itself runs in float32.
+  dbias, = channel_sums(dy.astype(jnp.promote_types(dy.dtype, jnp.float32)))
+  return dy, dbias.astype(dy.dtype)
+
+
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class Conv1x1Bias(nn.Module):
+  """A 1x1 conv with bias: `nn.Conv(features, (1, 1))`'s variables, names and outputs.
+
+  The residual expansion of Fig. 20 (the one conv with a bias and no BatchNorm),
+  written out for `_add_bias`'s faster gradient.
+  """
+  features: int
+  opts: LayerOptions
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (1, 1, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.opts.dtype)
+    y = self.opts.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=_NHWC)
+    return _add_bias(y, bias)
 
 
 def pool(spec: Pool, x: jax.Array) -> jax.Array:
