@@ -301,6 +301,34 @@ def test_1x1_weight_gradient_is_one_matmul_without_a_transposed_copy():
   assert transposes(lambda x, w: jnp.einsum('nhwc,cf->nhwf', x, w[0, 0])) >= 1
 
 
+@pytest.mark.parametrize('block', [blocks.InceptionResNetA, blocks.InceptionResNetB,
+                                   blocks.InceptionA, blocks.InceptionC, blocks.ReductionB])
+def test_merged_pointwise_convs_are_the_same_function(block):
+  """Parallel branches' opening 1x1 convs computed as one matmul: the same variables, and
+  outputs, running statistics and gradients equal to one conv per branch's."""
+  merged = block(opts=layers.LayerOptions(width_multiplier=0.25))
+  apart = block(opts=layers.LayerOptions(width_multiplier=0.25, merge_pointwise=False))
+  channels = 64 if issubclass(block, blocks.ResidualBlock) else 48
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, channels))
+  variables = apart.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, merged.init(jax.random.key(1), x), variables)
+  weight = jax.random.normal(jax.random.key(2), apart.apply(variables, x).shape)
+
+  def loss(module, params, x):
+    y, updates = module.apply({**variables, 'params': params}, x, train=True,
+                              mutable=['batch_stats'])
+    return jnp.sum(y * weight), (y, updates)
+
+  outs = [jax.value_and_grad(loss, (1, 2), has_aux=True)(m, variables['params'], x)
+          for m in (merged, apart)]
+  (_, got), (_, want) = outs[0][0], outs[1][0]
+  for g, w in zip(jax.tree.leaves((got, outs[0][1])), jax.tree.leaves((want, outs[1][1]))):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)  # Gradients reach |g| ~ 40.
+  # Inference too, to float rounding: the wider matmul adds in another order.
+  np.testing.assert_allclose(merged.apply(variables, x), apart.apply(variables, x), rtol=1e-5,
+                             atol=1e-6)
+
+
 @pytest.mark.parametrize('as_dot', [True, False])
 def test_expansion_conv_is_flax_conv_with_bias(as_dot):
   opts = layers.LayerOptions(conv1x1_as_dot=as_dot)

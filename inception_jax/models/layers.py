@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -28,6 +29,7 @@ class LayerOptions:
   conv1x1_as_dot: bool = True     # Same weights, faster weight gradient on CPU.
   dtype: Any = jnp.float32        # Computation dtype; params stay float32.
   conv_wgrad_as_dot: bool = False  # Weight gradient of larger kernels as one matmul.
+  merge_pointwise: bool = True    # Parallel branches' opening 1x1 convs as one matmul.
 
   def width(self, features: int) -> int:
     """Scales a filter count by `width_multiplier`, rounded, at least 8."""
@@ -40,6 +42,13 @@ class LayerOptions:
     """The convolution primitive handed to `nn.Conv`."""
     return functools.partial(_conv, conv1x1_as_dot=self.conv1x1_as_dot,
                              wgrad_as_dot=self.conv_wgrad_as_dot)
+
+  def conv(self, x: jax.Array, kernel: jax.Array, strides: int = 1,
+           padding: str = 'SAME') -> jax.Array:
+    """An NHWC/HWIO conv in this network's dtype, as `nn.Conv` computes it."""
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    return self.conv_general_dilated(x, kernel, (strides, strides), padding,
+                                     dimension_numbers=_NHWC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,19 +302,34 @@ class BatchNormReLU(nn.Module):
     return _batch_norm_relu(x, scale, bias, self.epsilon)
 
 
+class ConvKernel(nn.Module):
+  """The kernel of `nn.Conv(features, window)`: the same name, shape and initial values."""
+  features: int
+  window: tuple[int, int]
+
+  @nn.compact
+  def __call__(self, in_features: int) -> jax.Array:
+    return self.param('kernel', nn.initializers.lecun_normal(),
+                      (*self.window, in_features, self.features), jnp.float32)
+
+
 class ConvBN(nn.Module):
-  """Conv (no bias) -> BatchNorm -> ReLU, the unit of every Inception figure."""
+  """Conv (no bias) -> BatchNorm -> ReLU, the unit of every Inception figure.
+
+  `part='kernel'` returns the conv's kernel only, and `part='bn'` takes `x` as the conv's
+  output: `concat_branches` computes the 1x1 convs of parallel branches as one product.
+  """
   spec: Conv
   opts: LayerOptions
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, part: str = 'all') -> jax.Array:
     o = self.opts
-    x = nn.Conv(
-        o.width(self.spec.features), self.spec.kernel, self.spec.strides,
-        padding=self.spec.padding, use_bias=False, dtype=o.dtype,
-        conv_general_dilated=o.conv_general_dilated,
-        name='conv')(x)
+    if part != 'bn':
+      kernel = ConvKernel(o.width(self.spec.features), self.spec.kernel, name='conv')(x.shape[-1])
+      if part == 'kernel':
+        return kernel
+      x = o.conv(x, kernel, self.spec.strides, self.spec.padding)
     return BatchNormReLU(not train, o.bn_momentum, o.bn_epsilon, o.bn_scale, o.dtype,
                          name='bn')(x)
 
@@ -347,9 +371,8 @@ class Conv1x1Bias(nn.Module):
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (1, 1, x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.opts.dtype)
-    y = self.opts.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=_NHWC)
-    return _add_bias(y, bias)
+    y = self.opts.conv(x, kernel)
+    return _add_bias(y, bias.astype(y.dtype))
 
 
 def pool(spec: Pool, x: jax.Array) -> jax.Array:
@@ -401,17 +424,23 @@ class Branch(nn.Module):
 
   Convs are named `Conv2d_<position>_<kernel>` under `Branch_<i>`, after
   TF-Slim's scopes, so a parameter path reads like the checkpoint it maps to.
+  `first` is the output of the first conv, computed by `concat_branches`, and
+  `part='kernel'` returns that conv's kernel (see `ConvBN`).
   """
   layers: Layers
   opts: LayerOptions
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, first: jax.Array | None = None,
+               part: str = 'all') -> jax.Array:
     for j, layer in enumerate(self.layers):
       if isinstance(layer, Pool):
         x = pool(layer, x)
       elif isinstance(layer, Conv):
-        x = ConvBN(layer, self.opts, name=f'Conv2d_{j}_{layer.name}')(x, train)
+        unit = ConvBN(layer, self.opts, name=f'Conv2d_{j}_{layer.name}')
+        if part == 'kernel':
+          return unit(x, part='kernel')
+        x = unit(first, train, part='bn') if j == 0 and first is not None else unit(x, train)
       else:
         x = jnp.concatenate(
             [ConvBN(c, self.opts, name=f'Conv2d_{j}_{c.name}')(x, train) for c in layer.convs],
@@ -419,15 +448,29 @@ class Branch(nn.Module):
     return x
 
 
+def _is_pointwise(layer: Layer) -> bool:
+  return isinstance(layer, Conv) and layer.kernel == (1, 1) and layer.strides == 1
+
+
 def concat_branches(branches: Sequence[Layers], opts: LayerOptions, x: jax.Array,
                     train: bool) -> jax.Array:
   """Applies parallel branches to `x` and concatenates them on channels.
 
   Called from a block's compact `__call__`: the branches become its submodules.
+  Branches that open with a 1x1 conv have those convs computed as one, with the
+  kernels concatenated (BatchNorm is per channel, so the function is the same):
+  one matmul reads `x` and one gives its gradient, instead of one each and their
+  sum (benchmarks/README.md (m)). Each kernel stays in its branch's variables.
   """
-  return jnp.concatenate(
-      [Branch(tuple(b), opts, name=f'Branch_{i}')(x, train) for i, b in enumerate(branches)],
-      axis=-1)
+  units = [Branch(tuple(b), opts, name=f'Branch_{i}') for i, b in enumerate(branches)]
+  merged = [i for i, b in enumerate(branches) if b and _is_pointwise(b[0])]
+  firsts = {}
+  if opts.merge_pointwise and len(merged) > 1:
+    kernels = [units[i](x, train, part='kernel') for i in merged]
+    widths = [k.shape[-1] for k in kernels]
+    out = opts.conv(x, jnp.concatenate(kernels, axis=-1))
+    firsts = dict(zip(merged, jnp.split(out, np.cumsum(widths)[:-1].tolist(), axis=-1)))
+  return jnp.concatenate([u(x, train, firsts.get(i)) for i, u in enumerate(units)], axis=-1)
 
 
 def alternating(widths: Sequence[int], first: tuple[int, int], n: int = 7) -> tuple[Conv, ...]:
