@@ -399,7 +399,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--remat', type=_list_of(_bool), default=[False],
                  help='recompute each block in the backward pass (jax.checkpoint)')
   p.add_argument('--conv1x1_as_dot', type=_list_of(_bool), default=[True],
-                 help='1x1 stride-1 convs as einsum over channels')
+                 help='1x1 stride-1 convs as a matmul over channels')
   p.add_argument('--conv_wgrad_as_dot', type=_list_of(_bool), default=[None],
                  help='weight gradient of the other convs as one matmul over image patches '
                       '(default: the model\'s, on for CPU with YNNPACK only)')

@@ -206,11 +206,11 @@ def channel_sums(*arrays: jax.Array) -> tuple[jax.Array, ...]:
   reduce-windows, or than one reduce over N*H (benchmarks/README.md (k), (l)).
   """
   shape = arrays[0].shape
+  axes = tuple(range(len(shape) - 1))
   if len(shape) > 3:
-    arrays = tuple(a.reshape(shape[0], -1, shape[-2] * shape[-1]) for a in arrays)
+    arrays, axes = tuple(a.reshape(shape[0], -1, shape[-2] * shape[-1]) for a in arrays), (1,)
   zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
-  partial = lax.reduce(arrays, zeros, _add_tuples, (1,) if len(shape) > 3 else
-                       tuple(range(len(shape) - 1)))
+  partial = lax.reduce(arrays, zeros, _add_tuples, axes)
   partial = tuple(p.reshape(-1, shape[-1]) for p in partial)
   if len(partial) > 1:
     return tuple(p.sum(0) for p in partial)
@@ -302,15 +302,21 @@ class BatchNormReLU(nn.Module):
     return _batch_norm_relu(x, scale, bias, self.epsilon)
 
 
+def _kernel_param(module: nn.Module, window: tuple[int, int], in_features: int,
+                  features: int) -> jax.Array:
+  """`module`'s 'kernel', named, shaped and initialized as `nn.Conv`'s."""
+  return module.param('kernel', nn.initializers.lecun_normal(),
+                      (*window, in_features, features), jnp.float32)
+
+
 class ConvKernel(nn.Module):
-  """The kernel of `nn.Conv(features, window)`: the same name, shape and initial values."""
+  """The kernel of `nn.Conv(features, window)`, as the only variable of this module."""
   features: int
   window: tuple[int, int]
 
   @nn.compact
   def __call__(self, in_features: int) -> jax.Array:
-    return self.param('kernel', nn.initializers.lecun_normal(),
-                      (*self.window, in_features, self.features), jnp.float32)
+    return _kernel_param(self, self.window, in_features, self.features)
 
 
 class ConvBN(nn.Module):
@@ -368,8 +374,7 @@ class Conv1x1Bias(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (1, 1, x.shape[-1], self.features), jnp.float32)
+    kernel = _kernel_param(self, (1, 1), x.shape[-1], self.features)
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
     y = self.opts.conv(x, kernel)
     return _add_bias(y, bias.astype(y.dtype))
