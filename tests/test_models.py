@@ -491,12 +491,15 @@ def test_cpu_kernels_choose_the_library_not_the_function():
   kw = dict(repeats=(1, 1, 1), **TINY)
   eigen = create_model('inception_resnet_v2', cpu_kernels='eigen', **kw)
   ynnpack = create_model('inception_resnet_v2', cpu_kernels='ynnpack', **kw)
-  # 'auto': Eigen unrolled, YNNPACK in a scan; the patch-matmul weight gradient goes with YNNPACK.
+  # 'auto' is Eigen, scanned or not; the patch-matmul weight gradient goes with YNNPACK and
+  # with a scan, where XLA:CPU's own runs on the generic convolution.
   assert create_model('inception_resnet_v2', **kw).resolved_cpu_kernels == 'eigen'
   assert create_model('inception_resnet_v2', scan_blocks=True,
-                      **kw).resolved_cpu_kernels == 'ynnpack'
+                      **kw).resolved_cpu_kernels == 'eigen'
   assert not eigen.layer_options.conv_wgrad_as_dot
   assert ynnpack.layer_options.conv_wgrad_as_dot
+  assert create_model('inception_resnet_v2', scan_blocks=True,
+                      **kw).layer_options.conv_wgrad_as_dot
   variables = _init(eigen)
   x = jnp.tile(X, (4, 1, 1, 1))  # Enough rows for XLA to hand the 1x1 dots to YNNPACK.
   outputs, programs = [], []
@@ -507,11 +510,12 @@ def test_cpu_kernels_choose_the_library_not_the_function():
     outputs.append(compiled(variables, x))
   assert '__ynn_fusion' not in programs[0] and '__ynn_fusion' in programs[1]
   np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
-  # A scan with YNNPACK also compiles with XLA's older loop emitters; same function.
+  # A scan also compiles with XLA's older loop emitters, with either library; same function.
   scanned = create_model('inception_resnet_v2', scan_blocks=True, **kw)
-  assert scanned.compiler_options == {'xla_cpu_use_fusion_emitters': False}
-  assert create_model('inception_resnet_v2', scan_blocks=True, cpu_kernels='eigen',
-                      **kw).compiler_options == {'xla_cpu_experimental_ynn_fusion_type': ''}
+  assert scanned.compiler_options == {'xla_cpu_experimental_ynn_fusion_type': '',
+                                      'xla_cpu_use_fusion_emitters': False}
+  assert create_model('inception_resnet_v2', scan_blocks=True, cpu_kernels='ynnpack',
+                      **kw).compiler_options == {'xla_cpu_use_fusion_emitters': False}
   variables = _init(scanned)
   np.testing.assert_allclose(
       jax.jit(scanned.apply, compiler_options=scanned.compiler_options)(variables, x),

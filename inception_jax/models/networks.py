@@ -174,15 +174,13 @@ class Inception(nn.Module):
   def resolved_cpu_kernels(self) -> str | None:
     """'eigen' or 'ynnpack' where XLA runs on CPU (`cpu_kernels` with 'auto' resolved), else None.
 
-    Unrolled, Eigen runs the small-channel stem convs 2-3x faster than YNNPACK and
-    computes weight gradients at full speed; inside a scan's loop YNNPACK's are faster
-    (benchmarks/README.md (g)).
+    `auto` is Eigen: it runs the small-channel stem convs 2-3x faster than YNNPACK, and
+    scanned or not the network trains and infers faster with it (benchmarks/README.md
+    (g), (n)).
     """
     if jax.default_backend() != 'cpu':
       return None
-    if self.cpu_kernels == 'auto':
-      return 'ynnpack' if self.scan_blocks else 'eigen'
-    return self.cpu_kernels
+    return 'eigen' if self.cpu_kernels == 'auto' else self.cpu_kernels
 
   @property
   def compiler_options(self) -> dict[str, Any] | None:
@@ -195,17 +193,20 @@ class Inception(nn.Module):
       options['xla_disable_hlo_passes'] = 'cse_barrier_expander'
     if kernels == 'eigen':
       options['xla_cpu_experimental_ynn_fusion_type'] = ''  # No YNNPACK: XLA's Eigen kernels.
-    if kernels == 'ynnpack' and self.scan_blocks:
-      # XLA:CPU's older loop emitters compile this scanned step a third faster for 3-6% of
-      # step time; unrolled, or with Eigen, they cost more than they save (benchmarks/README (h)).
+    if kernels is not None and self.scan_blocks:
+      # XLA:CPU's older loop emitters compile a scanned step a quarter to a third faster for
+      # 3-10% of step time; unrolled they cost more than they save (benchmarks/README (h), (n)).
       options['xla_cpu_use_fusion_emitters'] = False
     return options or None
 
   @property
   def layer_options(self) -> LayerOptions:
     wgrad_as_dot = self.conv_wgrad_as_dot
-    if wgrad_as_dot is None:  # Only YNNPACK's weight gradients are slow (GPU/TPU: fast too).
-      wgrad_as_dot = self.resolved_cpu_kernels == 'ynnpack'
+    if wgrad_as_dot is None:
+      # XLA:CPU's weight gradients are slow with YNNPACK, and with Eigen inside a scan's
+      # loop, where they run on the generic convolution (GPU/TPU: fast everywhere).
+      kernels = self.resolved_cpu_kernels
+      wgrad_as_dot = kernels == 'ynnpack' or (kernels is not None and self.scan_blocks)
     return LayerOptions(self.width_multiplier, self.bn_scale, self.bn_momentum,
                         self.bn_epsilon, self.conv1x1_as_dot, jnp.dtype(self.dtype),
                         wgrad_as_dot)
