@@ -402,11 +402,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help='1x1 stride-1 convs as a matmul over channels')
   p.add_argument('--conv_wgrad_as_dot', type=_list_of(_bool), default=[None],
                  help='weight gradient of the other convs as one matmul over image patches '
-                      '(default: the model\'s, on for CPU with YNNPACK only)')
+                      '(default: the model\'s, on for CPU with YNNPACK or a scan)')
   p.add_argument('--cpu_kernels', type=_list_of(str, CPU_KERNELS),
                  default=['auto'],
                  help='XLA:CPU library for convolutions and dots (default: the model\'s, '
-                      'eigen unrolled and ynnpack scanned)')
+                      'eigen)')
   p.add_argument('--dtype', type=_list_of(str, ('float32', 'bfloat16')), default=['float32'],
                  help='computation dtype; params and optimizer state stay float32')
   p.add_argument('--variant', default='slim', choices=('slim', 'paper'),
