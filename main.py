@@ -10,6 +10,8 @@ Re-running the same command on the same workdir resumes from its newest checkpoi
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from inception_jax import hugepages
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the config.')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
@@ -39,4 +41,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  hugepages.reexec_with_huge_pages()  # XLA:CPU's per-step buffers (inception_jax/hugepages.py).
   app.run(main)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+from inception_jax import hugepages  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # inception_jax.models' ARCHS and CPU_KERNELS, restated so that the parent process, which
 # only parses flags and starts workers, does not import jax (tests/test_benchmarks.py).
@@ -73,6 +74,10 @@ def _median_seconds(fn: Callable[[], Any], steps: int) -> float:
 
 def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB.
+
+
+def _page_faults() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _flops(fn: Callable, *args) -> float:
@@ -137,7 +142,9 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
 
   for _ in range(args.warmup):
     one_train_step()
+  faults = _page_faults()
   train_s = _median_seconds(one_train_step, args.steps)
+  faults = (_page_faults() - faults) / args.steps
   train_rss = _peak_rss_mb()
 
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
@@ -170,7 +177,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   result.update(
       variant=args.variant, repeats=args.repeats, params=int(num_params),
       # As the model resolved them for this backend.
-      conv_wgrad_as_dot=model.layer_options.conv_wgrad_as_dot,
+      conv_wgrad_as_dot=model.wgrad_as_dot_in,
       cpu_kernels=model.resolved_cpu_kernels,
       aux_logits=args.aux_logits,
       compile_s=round(compile_s, 2), lower_s=round(lower_s, 2),
@@ -184,6 +191,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
       infer_gflop_s=round(infer_flops / infer_s / 1e9, 1),
       xla_temp_mb=round(memory.temp_size_in_bytes / 2**20, 1) if memory else None,
       train_peak_rss_mb=round(train_rss), peak_rss_mb=round(peak_rss),
+      train_page_faults=round(faults),
       rss_after_import_mb=round(rss_after_import),
       steps=args.steps, device=str(jax.devices()[0].device_kind),
       num_devices=jax.device_count(), jax=jax.__version__)
@@ -278,8 +286,10 @@ def measure_timm(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
 # --- Sweeping settings, each in its own process, and the table. ---------------
 
 def _worker_env() -> dict[str, str]:
-  """The environment of a worker: one CPU device, Keras on JAX, quiet TensorFlow."""
-  env = dict(os.environ)
+  """The environment of a worker: one CPU device, Keras on JAX, quiet TensorFlow, and
+  glibc's huge pages for large allocations (main.py's too: inception_jax/hugepages.py),
+  for our workers and timm's alike."""
+  env = hugepages.with_huge_pages(os.environ)
   flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', env.get('XLA_FLAGS', ''))
   env['XLA_FLAGS'] = flags.strip()
   env.pop('JAX_NUM_CPU_DEVICES', None)
@@ -324,12 +334,13 @@ COLUMNS = (  # (heading, key, format)
     ('width', 'width_multiplier', '{:g}'), ('blocks', 'repeats', '{}'),
     ('scan', 'scan_blocks', '{:d}'),
     ('remat', 'remat', '{:d}'), ('1x1dot', 'conv1x1_as_dot', '{:d}'),
-    ('wgrad dot', 'conv_wgrad_as_dot', '{:d}'), ('cpu kernels', 'cpu_kernels', '{}'),
+    ('wgrad dot', 'conv_wgrad_as_dot', '{}'), ('cpu kernels', 'cpu_kernels', '{}'),
     ('dtype', 'dtype', '{}'),
     ('compile s', 'compile_s', '{:.1f}'), ('train img/s', 'train_img_s', '{:.2f}'),
     ('infer img/s', 'infer_img_s', '{:.2f}'), ('GFLOP/img', 'gflops_per_img', '{:.3g}'),
     ('train GFLOP/s', 'train_gflop_s', '{:.0f}'), ('infer GFLOP/s', 'infer_gflop_s', '{:.0f}'),
     ('XLA temp MB', 'xla_temp_mb', '{:.0f}'), ('peak RSS MB', 'peak_rss_mb', '{:.0f}'),
+    ('faults/step', 'train_page_faults', '{}'),
     ('keras 1st step s', 'keras_first_step_s', '{:.1f}'),
     ('keras train img/s', 'keras_train_img_s', '{:.2f}'),
     ('keras infer img/s', 'keras_infer_img_s', '{:.2f}'),
@@ -402,7 +413,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help='1x1 stride-1 convs as a matmul over channels')
   p.add_argument('--conv_wgrad_as_dot', type=_list_of(_bool), default=[None],
                  help='weight gradient of the other convs as one matmul over image patches '
-                      '(default: the model\'s, on for CPU with YNNPACK or a scan)')
+                      '(default: the model\'s, on for CPU with YNNPACK, and for the scanned '
+                      'blocks)')
   p.add_argument('--cpu_kernels', type=_list_of(str, CPU_KERNELS),
                  default=['auto'],
                  help='XLA:CPU library for convolutions and dots (default: the model\'s, '

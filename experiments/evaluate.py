@@ -39,7 +39,7 @@ from absl import app, flags
 
 from configs import default
 from experiments import runs
-from inception_jax import checkpointing, convert, parallel, train
+from inception_jax import checkpointing, convert, hugepages, parallel, train
 from inception_jax import metrics as metrics_lib
 from inception_jax.data import input_pipeline, preprocessing
 from inception_jax.models import Inception
@@ -269,5 +269,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  hugepages.reexec_with_huge_pages()  # XLA:CPU's per-step buffers (inception_jax/hugepages.py).
   _define_flags()
   app.run(main)

@@ -492,14 +492,15 @@ def test_cpu_kernels_choose_the_library_not_the_function():
   eigen = create_model('inception_resnet_v2', cpu_kernels='eigen', **kw)
   ynnpack = create_model('inception_resnet_v2', cpu_kernels='ynnpack', **kw)
   # 'auto' is Eigen, scanned or not; the patch-matmul weight gradient goes with YNNPACK and
-  # with a scan, where XLA:CPU's own runs on the generic convolution.
+  # with the scanned blocks, where XLA:CPU's own runs on the generic convolution.
+  scanned = create_model('inception_resnet_v2', scan_blocks=True, **kw)
   assert create_model('inception_resnet_v2', **kw).resolved_cpu_kernels == 'eigen'
-  assert create_model('inception_resnet_v2', scan_blocks=True,
-                      **kw).resolved_cpu_kernels == 'eigen'
-  assert not eigen.layer_options.conv_wgrad_as_dot
-  assert ynnpack.layer_options.conv_wgrad_as_dot
-  assert create_model('inception_resnet_v2', scan_blocks=True,
-                      **kw).layer_options.conv_wgrad_as_dot
+  assert scanned.resolved_cpu_kernels == 'eigen'
+  assert (eigen.wgrad_as_dot_in, ynnpack.wgrad_as_dot_in, scanned.wgrad_as_dot_in) == (
+      'none', 'all', 'scan')
+  in_scan = {s.name: dict(s.fields)['opts'].conv_wgrad_as_dot for s in scanned.stages()}
+  assert in_scan == {s.name: s.repeat is not None for s in scanned.stages()}
+  assert sum(in_scan.values()) == 3  # The A, B and C stages; stem and reductions not.
   variables = _init(eigen)
   x = jnp.tile(X, (4, 1, 1, 1))  # Enough rows for XLA to hand the 1x1 dots to YNNPACK.
   outputs, programs = [], []
