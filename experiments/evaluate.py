@@ -32,14 +32,19 @@ import os
 import time
 from typing import Any, Iterable, Sequence
 
-import jax
+from inception_jax import hugepages
+
+if __name__ == '__main__':  # Before jax and TensorFlow load: the process is replaced.
+  hugepages.reexec_with_huge_pages()  # XLA:CPU's per-step buffers (inception_jax/hugepages.py).
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections
 import numpy as np
 from absl import app, flags
 
 from configs import default
 from experiments import runs
-from inception_jax import checkpointing, convert, hugepages, parallel, train
+from inception_jax import checkpointing, convert, parallel, train
 from inception_jax import metrics as metrics_lib
 from inception_jax.data import input_pipeline, preprocessing
 from inception_jax.models import Inception
@@ -269,6 +274,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  hugepages.reexec_with_huge_pages()  # XLA:CPU's per-step buffers (inception_jax/hugepages.py).
   _define_flags()
   app.run(main)

@@ -67,9 +67,10 @@ def with_huge_pages(env: Mapping[str, str]) -> dict[str, str]:
 def reexec_with_huge_pages() -> None:
   """Re-executes this Python process with `with_huge_pages(os.environ)` where it applies.
 
-  Call it first thing in a script's `__main__` block, before any work: the process is
-  replaced (same pid, same arguments), and what it had imported or started is gone. It returns at once
-  where the environment already has the tunable or where it would change nothing.
+  Call it in a script's `__main__` block before any work, and before heavy imports: the
+  process is replaced (same pid, same arguments), and what it had imported or started is
+  gone. It returns at once where the environment already has the tunable or where it
+  would change nothing.
   """
   env = with_huge_pages(os.environ)
   if env == dict(os.environ) or not applies():
