@@ -55,7 +55,7 @@ class Setting:
   scan_blocks: bool
   remat: bool
   conv1x1_as_dot: bool
-  conv_wgrad_as_dot: bool | None  # None: the model's default for the backend.
+  conv_backward_nhwc: bool | None  # None: the model's default for the backend.
   cpu_kernels: str
   dtype: str
 
@@ -104,7 +104,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   config.model.scan_blocks = setting.scan_blocks
   config.model.remat = setting.remat
   config.model.conv1x1_as_dot = setting.conv1x1_as_dot
-  config.model.conv_wgrad_as_dot = setting.conv_wgrad_as_dot
+  config.model.conv_backward_nhwc = setting.conv_backward_nhwc
   config.model.cpu_kernels = setting.cpu_kernels
   config.model.repeats = args.repeats or ()
   config.image_size = setting.image_size
@@ -177,7 +177,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   result.update(
       variant=args.variant, repeats=args.repeats, params=int(num_params),
       # As the model resolved them for this backend.
-      conv_wgrad_as_dot=model.wgrad_as_dot_in,
+      conv_backward_nhwc=model.layer_options.conv_backward_nhwc,
       cpu_kernels=model.resolved_cpu_kernels,
       aux_logits=args.aux_logits,
       compile_s=round(compile_s, 2), lower_s=round(lower_s, 2),
@@ -319,8 +319,8 @@ def run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
            f'--variant={args.variant}', f'--num_classes={args.num_classes}',
            f'--aux_logits={args.aux_logits}', f'--steps={args.steps}',
            f'--warmup={args.warmup}'] + (['--compare_keras'] if args.compare_keras else []) + (
-               [] if setting.conv_wgrad_as_dot is None else
-               [f'--conv_wgrad_as_dot={setting.conv_wgrad_as_dot}']) + (
+               [] if setting.conv_backward_nhwc is None else
+               [f'--conv_backward_nhwc={setting.conv_backward_nhwc}']) + (
                [f'--repeats={",".join(map(str, args.repeats))}'] if args.repeats else [])
   script = os.path.abspath(__file__)
   record = _run_worker([sys.executable, script, '--worker'] + flags, setting)
@@ -334,7 +334,7 @@ COLUMNS = (  # (heading, key, format)
     ('width', 'width_multiplier', '{:g}'), ('blocks', 'repeats', '{}'),
     ('scan', 'scan_blocks', '{:d}'),
     ('remat', 'remat', '{:d}'), ('1x1dot', 'conv1x1_as_dot', '{:d}'),
-    ('wgrad dot', 'conv_wgrad_as_dot', '{}'), ('cpu kernels', 'cpu_kernels', '{}'),
+    ('nhwc bwd', 'conv_backward_nhwc', '{:d}'), ('cpu kernels', 'cpu_kernels', '{}'),
     ('dtype', 'dtype', '{}'),
     ('compile s', 'compile_s', '{:.1f}'), ('train img/s', 'train_img_s', '{:.2f}'),
     ('infer img/s', 'infer_img_s', '{:.2f}'), ('GFLOP/img', 'gflops_per_img', '{:.3g}'),
@@ -411,10 +411,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help='recompute each block in the backward pass (jax.checkpoint)')
   p.add_argument('--conv1x1_as_dot', type=_list_of(_bool), default=[True],
                  help='1x1 stride-1 convs as a matmul over channels')
-  p.add_argument('--conv_wgrad_as_dot', type=_list_of(_bool), default=[None],
-                 help='weight gradient of the other convs as one matmul over image patches '
-                      '(default: the model\'s, on for CPU with YNNPACK, and for the scanned '
-                      'blocks)')
+  p.add_argument('--conv_backward_nhwc', type=_list_of(_bool), default=[None],
+                 help='the other convs\' gradients as forward NHWC convs (default: the '
+                      'model\'s, on for CPU)')
   p.add_argument('--cpu_kernels', type=_list_of(str, CPU_KERNELS),
                  default=['auto'],
                  help='XLA:CPU library for convolutions and dots (default: the model\'s, '
@@ -483,7 +482,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def settings(args: argparse.Namespace) -> list[Setting]:
   return [Setting(*values) for values in itertools.product(
       args.model, args.batch, args.image_size, args.width_multiplier, args.scan_blocks,
-      args.remat, args.conv1x1_as_dot, args.conv_wgrad_as_dot, args.cpu_kernels, args.dtype)]
+      args.remat, args.conv1x1_as_dot, args.conv_backward_nhwc, args.cpu_kernels, args.dtype)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

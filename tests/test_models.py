@@ -287,7 +287,7 @@ def test_conv1x1_as_dot_is_the_same_function():
 def test_1x1_weight_gradient_is_one_matmul_without_a_transposed_copy():
   """The 1x1 dot contracts one axis of an (N*H*W, C) view; contracting N, H and W of
   the 4-d arrays made XLA:CPU copy the output gradient transposed first."""
-  conv = functools.partial(layers._conv, conv1x1_as_dot=True, wgrad_as_dot=False)
+  conv = functools.partial(layers._conv, conv1x1_as_dot=True, backward_nhwc=False)
   x = jnp.ones((2, 6, 6, 8))
   w = jnp.ones((1, 1, 8, 16))
   options = {'xla_cpu_experimental_ynn_fusion_type': ''}  # The Eigen kernels, as on CPU.
@@ -361,8 +361,8 @@ def test_channel_sums_sum_over_every_axis_but_channels(shape):
     ((3, 3), 1, 'VALID'), ((3, 3), 2, 'SAME'), ((7, 1), 1, 'SAME'), ((1, 7), 1, 'SAME'),
     ((5, 5), 2, 'VALID'), ((3, 1), 2, 'SAME'), ((3, 3), 1, 'SAME'),
     ((2, 4), 1, 'SAME')])  # Even kernels: uneven SAME pads in the stride-1 data gradient.
-def test_conv_weight_gradient_as_matmul_matches_xla(kernel, strides, padding):
-  conv = functools.partial(layers._conv, conv1x1_as_dot=True, wgrad_as_dot=True)
+def test_conv_backward_nhwc_matches_xla(kernel, strides, padding):
+  conv = functools.partial(layers._conv, conv1x1_as_dot=True, backward_nhwc=True)
   rng = np.random.RandomState(0)
   x = jnp.asarray(rng.randn(2, 12, 11, 5), jnp.float32)  # Odd sizes: uneven SAME padding.
   w = jnp.asarray(rng.randn(*kernel, 5, 6), jnp.float32)
@@ -469,11 +469,32 @@ def test_each_residual_block_output_is_computed_once():
   assert most_expansions_in_one_fusion(dropped) >= 3
 
 
-def test_conv_wgrad_as_dot_trains_the_same_network():
+def test_conv_backward_nhwc_inside_a_scan_compiles_to_nhwc_convs_only():
+  """Inside a scan's loop XLA:CPU keeps jax's transposed gradient convs, which run on its
+  generic convolution; written out, every conv of the loop is a forward NHWC/HWIO one."""
+  x = jnp.ones((3, 2, 9, 9, 8))
+  w = jnp.ones((3, 3, 8, 8))
+
+  def labels(backward_nhwc):
+    conv = functools.partial(layers._conv, conv1x1_as_dot=True, backward_nhwc=backward_nhwc)
+
+    def loss(w):
+      body = lambda h, x: (conv(x + h, w, (1, 1), 'SAME', dimension_numbers=layers._NHWC), None)
+      return jnp.sum(jnp.sin(lax.scan(body, jnp.zeros(x.shape[1:]), x)[0]))
+    compiled = jax.jit(jax.grad(loss), compiler_options={
+        'xla_cpu_experimental_ynn_fusion_type': ''}).lower(w).compile().as_text()
+    return set(re.findall(r'convolution\(.*dim_labels=(\S+?),', compiled))
+
+  assert labels(True) == {'b01f_01io->b01f'}
+  # jax's own: the forward conv, and the gradients' transposed ones (b01f_01oi, f01b_i01o).
+  assert labels(False) > {'b01f_01io->b01f'}
+
+
+def test_conv_backward_nhwc_trains_the_same_network():
   kw = dict(repeats=(1, 1, 1), **TINY)
-  as_dot = create_model('inception_resnet_v2', conv_wgrad_as_dot=True, **kw)
-  as_conv = create_model('inception_resnet_v2', conv_wgrad_as_dot=False, **kw)
-  variables = _init(as_dot)
+  nhwc = create_model('inception_resnet_v2', conv_backward_nhwc=True, **kw)
+  xla = create_model('inception_resnet_v2', conv_backward_nhwc=False, **kw)
+  variables = _init(nhwc)
 
   def grads(model):
     def loss(params):
@@ -482,8 +503,8 @@ def test_conv_wgrad_as_dot_trains_the_same_network():
       return jnp.sum(logits ** 2)
     return jax.jit(jax.grad(loss))(variables['params'])
 
-  expected = grads(as_conv)
-  for got, want in zip(jax.tree.leaves(grads(as_dot)), jax.tree.leaves(expected)):
+  expected = grads(xla)
+  for got, want in zip(jax.tree.leaves(grads(nhwc)), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
@@ -491,16 +512,13 @@ def test_cpu_kernels_choose_the_library_not_the_function():
   kw = dict(repeats=(1, 1, 1), **TINY)
   eigen = create_model('inception_resnet_v2', cpu_kernels='eigen', **kw)
   ynnpack = create_model('inception_resnet_v2', cpu_kernels='ynnpack', **kw)
-  # 'auto' is Eigen, scanned or not; the patch-matmul weight gradient goes with YNNPACK and
-  # with the scanned blocks, where XLA:CPU's own runs on the generic convolution.
+  # 'auto' is Eigen, scanned or not; on CPU every layer, scanned or not, has its conv
+  # gradients as NHWC convs, which XLA:CPU does not rewrite to inside a scan's loop.
   scanned = create_model('inception_resnet_v2', scan_blocks=True, **kw)
   assert create_model('inception_resnet_v2', **kw).resolved_cpu_kernels == 'eigen'
   assert scanned.resolved_cpu_kernels == 'eigen'
-  assert (eigen.wgrad_as_dot_in, ynnpack.wgrad_as_dot_in, scanned.wgrad_as_dot_in) == (
-      'none', 'all', 'scan')
-  in_scan = {s.name: dict(s.fields)['opts'].conv_wgrad_as_dot for s in scanned.stages()}
-  assert in_scan == {s.name: s.repeat is not None for s in scanned.stages()}
-  assert sum(in_scan.values()) == 3  # The A, B and C stages; stem and reductions not.
+  for model in (eigen, ynnpack, scanned):
+    assert {dict(s.fields)['opts'].conv_backward_nhwc for s in model.stages()} == {True}
   variables = _init(eigen)
   x = jnp.tile(X, (4, 1, 1, 1))  # Enough rows for XLA to hand the 1x1 dots to YNNPACK.
   outputs, programs = [], []

@@ -34,8 +34,7 @@ def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> Inc
       `residual_scale` (a float or one per grid: 35x35, 17x17, 8x8), `use_residual`,
       `width_multiplier`, `repeats` (A, B, C block counts), `bn_scale`, `bn_momentum`,
       `bn_epsilon`, `aux_logits`, `dropout_rate`, `dtype`, `scan_blocks`, `remat`,
-      `conv1x1_as_dot`, `conv_wgrad_as_dot` (None: on for CPU with YNNPACK, and in the
-      scanned blocks),
+      `conv1x1_as_dot`, `conv_backward_nhwc` (None: on for CPU),
       `cpu_kernels` ('auto', 'eigen' or 'ynnpack': XLA:CPU's convolution library),
       `stem_stride` (1 or 2)
       and `stem_pool` (the lower-resolution study of the v3 paper sec. 9).

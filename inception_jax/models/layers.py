@@ -28,7 +28,7 @@ class LayerOptions:
   bn_epsilon: float = 1e-3
   conv1x1_as_dot: bool = True     # Same weights, faster weight gradient on CPU.
   dtype: Any = jnp.float32        # Computation dtype; params stay float32.
-  conv_wgrad_as_dot: bool = False  # Weight gradient of larger kernels as one matmul.
+  conv_backward_nhwc: bool = False  # Larger kernels' gradients as forward NHWC convs.
   merge_pointwise: bool = True    # Parallel branches' opening 1x1 convs as one matmul.
 
   def width(self, features: int) -> int:
@@ -41,7 +41,7 @@ class LayerOptions:
   def conv_general_dilated(self):
     """The convolution primitive handed to `nn.Conv`."""
     return functools.partial(_conv, conv1x1_as_dot=self.conv1x1_as_dot,
-                             wgrad_as_dot=self.conv_wgrad_as_dot)
+                             backward_nhwc=self.conv_backward_nhwc)
 
   def conv(self, x: jax.Array, kernel: jax.Array, strides: int = 1,
            padding: str = 'SAME') -> jax.Array:
@@ -101,7 +101,7 @@ IDENTITY_POOL = Pool('max', window=1)
 AVG_POOL = Pool('avg')
 
 
-def _conv(lhs, rhs, window_strides, padding, *, conv1x1_as_dot: bool, wgrad_as_dot: bool,
+def _conv(lhs, rhs, window_strides, padding, *, conv1x1_as_dot: bool, backward_nhwc: bool,
           **kwargs):
   """lax.conv_general_dilated in the forms XLA:CPU differentiates fastest.
 
@@ -109,8 +109,8 @@ def _conv(lhs, rhs, window_strides, padding, *, conv1x1_as_dot: bool, wgrad_as_d
   parameters, checkpoints and outputs do not depend on these switches:
   - `conv1x1_as_dot`: a 1x1 stride-1 conv is a dot over channels (its weight
     gradient as a convolution runs at a fraction of a matmul's speed);
-  - `wgrad_as_dot`: any other conv computes its weight gradient as one matmul over
-    image patches (see `_conv_wgrad_as_dot`).
+  - `backward_nhwc`: any other conv computes its gradients as forward NHWC convs
+    (see `_conv_nhwc_backward`).
   """
   plain = (all(d == 1 for d in kwargs.get('lhs_dilation') or (1, 1)) and
            all(d == 1 for d in kwargs.get('rhs_dilation') or (1, 1)) and
@@ -120,12 +120,12 @@ def _conv(lhs, rhs, window_strides, padding, *, conv1x1_as_dot: bool, wgrad_as_d
     # transposed-operand matmul; contracting N, H and W made XLA:CPU copy dy transposed.
     out = jnp.dot(lhs.reshape(-1, lhs.shape[-1]), rhs[0, 0], precision=kwargs.get('precision'))
     return out.reshape(*lhs.shape[:-1], rhs.shape[-1])
-  if wgrad_as_dot and plain and rhs.shape[:2] != (1, 1):
+  if backward_nhwc and plain and rhs.shape[:2] != (1, 1):
     pads = padding
     if isinstance(padding, str):
       pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    return _conv_wgrad_as_dot(lhs, rhs, tuple(window_strides),
-                              tuple(tuple(p) for p in pads), kwargs.get('precision'))
+    return _conv_nhwc_backward(lhs, rhs, tuple(window_strides),
+                               tuple(tuple(p) for p in pads), kwargs.get('precision'))
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
 
 
@@ -143,30 +143,28 @@ def _taps(padded: jax.Array, window: Sequence[int], strides: Sequence[int],
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_wgrad_as_dot(x, kernel, strides, pads, precision):
-  """An NHWC conv whose weight gradient is one matmul over image patches (im2col).
+def _conv_nhwc_backward(x, kernel, strides, pads, precision):
+  """An NHWC conv whose gradients are themselves forward NHWC/HWIO convs.
 
-  XLA:CPU's convolution weight gradient runs at 3-15 GFLOP/s for the 3x3 stem
-  convs and the 7x1 convs of the 17x17 blocks; the same sum as a matmul runs at
-  13-58 GFLOP/s (benchmarks/README.md (e)). A stride-1 conv's data gradient is
-  written as the NHWC conv it is (see `_data_grad`); a strided one stays XLA's.
+  jax's transpose rule gives a conv's gradients as convolutions with swapped
+  dimension numbers. Outside loops XLA:CPU rewrites them into the forms below and
+  runs them on Eigen; in the body of a scan it does not, and they run on its generic
+  convolution, 60-110x slower (benchmarks/README.md (j), (p)). Written out here, the
+  rewrite holds everywhere, at the speed of XLA's own outside loops.
   """
   return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC,
                                   precision=precision)
 
 
-def _wgrad_fwd(x, kernel, strides, pads, precision):
-  return _conv_wgrad_as_dot(x, kernel, strides, pads, precision), (x, kernel)
+def _nhwc_backward_fwd(x, kernel, strides, pads, precision):
+  return _conv_nhwc_backward(x, kernel, strides, pads, precision), (x, kernel)
 
 
 def _data_grad(dy, kernel, pads, precision):
   """The input gradient of a stride-1 NHWC conv, as an NHWC/HWIO conv of `dy`.
 
   It is the full correlation of `dy` with the kernel rotated 180 degrees, input and
-  output channels swapped. jax's transpose rule gives the same sum with swapped
-  dimension numbers, which XLA:CPU rewrites to its fast kernels outside loops but
-  not in the body of a scan, where it ran on the generic convolution
-  (benchmarks/README.md (j)).
+  output channels swapped.
   """
   flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
   full = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:2], pads))
@@ -174,24 +172,37 @@ def _data_grad(dy, kernel, pads, precision):
                                   precision=precision)
 
 
-def _wgrad_bwd(strides, pads, precision, residuals, dy):
+def _weight_grad(x, dy, kernel_shape, strides, pads, precision):
+  """The kernel gradient of an NHWC conv, as an NHWC/HWIO conv of the transposed `x`.
+
+  `dW[a, b, c, f]` sums `x_padded[n, s*i + a, s*j + b, c] * dy[n, i, j, f]` over n, i
+  and j: a conv with the channels C as its batch, the images N as its features and
+  `dy` as its kernel, dilated by the stride.
+  """
+  (kh, kw), (sh, sw), (ho, wo) = kernel_shape[:2], strides, dy.shape[1:3]
+  # The rows and columns that a strided window never reaches are cut, so that the
+  # VALID output is exactly (kh, kw).
+  x = jnp.pad(x, ((0, 0), *pads, (0, 0)))[:, :sh * (ho - 1) + kh, :sw * (wo - 1) + kw]
+  grad = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1),
+                                  'VALID', rhs_dilation=strides, dimension_numbers=_NHWC,
+                                  precision=precision)
+  return grad.transpose(1, 2, 0, 3)  # (C, kh, kw, F) -> HWIO
+
+
+def _nhwc_backward_bwd(strides, pads, precision, residuals, dy):
   x, kernel = residuals
   # SAME and VALID pads are below the kernel size, so the full correlation's are >= 0.
   if strides == (1, 1) and all(max(p) < k for k, p in zip(kernel.shape[:2], pads)):
     dx = _data_grad(dy, kernel, pads, precision)
-  else:
+  else:  # Strided convs are outside the scanned blocks, where XLA rewrites its own.
     _, data_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
         x, kernel, strides, pads, dimension_numbers=_NHWC, precision=precision), x)
     dx, = data_vjp(dy)
-  x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  # patches[n, i, j, tap, c] is the input under kernel tap `tap` for output (i, j).
-  patches = jnp.stack([view for _, _, view in _taps(x, kernel.shape[:2], strides,
-                                                    dy.shape[1:3])], axis=3)
-  grad = jnp.einsum('nijtc,nijf->tcf', patches, dy, precision=precision)
-  return dx.astype(x.dtype), grad.reshape(kernel.shape).astype(kernel.dtype)
+  grad = _weight_grad(x, dy, kernel.shape, strides, pads, precision)
+  return dx.astype(x.dtype), grad.astype(kernel.dtype)
 
 
-_conv_wgrad_as_dot.defvjp(_wgrad_fwd, _wgrad_bwd)
+_conv_nhwc_backward.defvjp(_nhwc_backward_fwd, _nhwc_backward_bwd)
 
 
 def _add_tuples(u, v):

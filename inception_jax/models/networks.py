@@ -165,7 +165,7 @@ class Inception(nn.Module):
   scan_blocks: bool = False
   remat: bool = False
   conv1x1_as_dot: bool = True
-  conv_wgrad_as_dot: bool | None = None  # None: on for XLA:CPU with YNNPACK or in a scan.
+  conv_backward_nhwc: bool | None = None  # None: on for XLA:CPU.
   cpu_kernels: str = 'auto'  # XLA:CPU's conv/dot library, one of CPU_KERNELS.
   stem_stride: int = 2
   stem_pool: bool = True
@@ -201,27 +201,16 @@ class Inception(nn.Module):
 
   @property
   def layer_options(self) -> LayerOptions:
-    """The options of the layers outside a scan: stems, reductions, single blocks, aux head."""
-    return self._layer_options(scanned=False)
-
-  @property
-  def wgrad_as_dot_in(self) -> str:
-    """Where the patch-matmul weight gradient runs: 'all', 'scan' (the scanned blocks), 'none'."""
-    inside = self._layer_options(scanned=self.scan_blocks).conv_wgrad_as_dot
-    outside = self.layer_options.conv_wgrad_as_dot
-    return 'all' if inside and outside else 'scan' if inside else 'none'
-
-  def _layer_options(self, scanned: bool) -> LayerOptions:
-    wgrad_as_dot = self.conv_wgrad_as_dot
-    if wgrad_as_dot is None:
-      # XLA:CPU's weight gradients are slow with YNNPACK, and with Eigen inside a scan's
-      # loop, where they run on the generic convolution; outside a loop Eigen's own is
-      # faster than the patch matmul (benchmarks/README.md (o)). GPU/TPU: XLA's everywhere.
-      kernels = self.resolved_cpu_kernels
-      wgrad_as_dot = kernels == 'ynnpack' or (kernels is not None and scanned)
+    """The options every layer of this network is built with."""
+    backward_nhwc = self.conv_backward_nhwc
+    if backward_nhwc is None:
+      # XLA:CPU runs jax's transposed convs on its generic convolution inside a scan's loop,
+      # and slowly with YNNPACK; outside loops with Eigen the written-out form runs as fast
+      # as its own (benchmarks/README.md (e), (p)). GPU/TPU: XLA's own.
+      backward_nhwc = self.resolved_cpu_kernels is not None
     return LayerOptions(self.width_multiplier, self.bn_scale, self.bn_momentum,
                         self.bn_epsilon, self.conv1x1_as_dot, jnp.dtype(self.dtype),
-                        wgrad_as_dot)
+                        backward_nhwc)
 
   def stages(self) -> list[Stage]:
     """The table of this network with the options applied (repeats, scales, residual)."""
@@ -244,7 +233,7 @@ class Inception(nn.Module):
       count = stage.count if stage.repeat is None else repeats[stage.repeat]
       if self.arch == 'inception_resnet_v2' and self.variant == 'slim' and stage.grid == 2:
         count -= 1  # The last block8 of the C stage is the separate linear 'Block8'.
-      fields['opts'] = self._layer_options(self.scan_blocks and stage.repeat is not None)
+      fields['opts'] = self.layer_options
       out.append(dataclasses.replace(stage, fields=tuple(sorted(fields.items())), count=count))
     return out
 
