@@ -529,12 +529,14 @@ def test_cpu_kernels_choose_the_library_not_the_function():
     outputs.append(compiled(variables, x))
   assert '__ynn_fusion' not in programs[0] and '__ynn_fusion' in programs[1]
   np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
-  # A scan also compiles with XLA's older loop emitters, with either library; same function.
+  # A scan also compiles with XLA's older loop emitters and LLVM at -O2, with either library;
+  # same function.
   scanned = create_model('inception_resnet_v2', scan_blocks=True, **kw)
+  scan_options = {'xla_cpu_use_fusion_emitters': False, 'xla_backend_optimization_level': 2}
   assert scanned.compiler_options == {'xla_cpu_experimental_ynn_fusion_type': '',
-                                      'xla_cpu_use_fusion_emitters': False}
+                                      **scan_options}
   assert create_model('inception_resnet_v2', scan_blocks=True, cpu_kernels='ynnpack',
-                      **kw).compiler_options == {'xla_cpu_use_fusion_emitters': False}
+                      **kw).compiler_options == scan_options
   variables = _init(scanned)
   np.testing.assert_allclose(
       jax.jit(scanned.apply, compiler_options=scanned.compiler_options)(variables, x),
