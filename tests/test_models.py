@@ -513,7 +513,7 @@ def test_cpu_kernels_choose_the_library_not_the_function():
   eigen = create_model('inception_resnet_v2', cpu_kernels='eigen', **kw)
   ynnpack = create_model('inception_resnet_v2', cpu_kernels='ynnpack', **kw)
   # 'auto' is Eigen, scanned or not; on CPU every layer, scanned or not, has its conv
-  # gradients as NHWC convs, which XLA:CPU does not rewrite to inside a scan's loop.
+  # gradients written out as NHWC convs (inside a scan's loop XLA:CPU keeps jax's own).
   scanned = create_model('inception_resnet_v2', scan_blocks=True, **kw)
   assert create_model('inception_resnet_v2', **kw).resolved_cpu_kernels == 'eigen'
   assert scanned.resolved_cpu_kernels == 'eigen'

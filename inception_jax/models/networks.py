@@ -197,7 +197,7 @@ class Inception(nn.Module):
       # XLA:CPU's older loop emitters compile a scanned step a quarter to a third faster for
       # 3-10% of step time; unrolled they cost more than they save (benchmarks/README (h), (n)).
       options['xla_cpu_use_fusion_emitters'] = False
-      # LLVM at -O2 rather than -O3: 0.6-1.3 s less compile, the same step time (README (p)).
+      # LLVM at -O2, not -O3: 0.6-1.3 s less compile, same step time (benchmarks/README (p)).
       options['xla_backend_optimization_level'] = 2
     return options or None
 
