@@ -23,21 +23,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = FLAGS.config
-  # Before anything touches devices: multi-host init and the compile cache.
-  from inception_jax import parallel  # pylint: disable=g-import-not-at-top
-  parallel.maybe_initialize_distributed(
-      config.distributed, heartbeat_timeout_s=config.distributed_heartbeat_timeout_s)
-  import jax  # pylint: disable=g-import-not-at-top
-  if config.compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
-  from inception_jax import train  # pylint: disable=g-import-not-at-top
-  logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
-               jax.local_devices())
-  try:
+  # pylint: disable=g-import-not-at-top
+  from inception_jax import cli, parallel
+  with cli.one_line_errors():  # Bad config or data, a non-finite stop: one line.
+    # Before anything touches devices: multi-host init and the compile cache.
+    parallel.maybe_initialize_distributed(
+        config.distributed, heartbeat_timeout_s=config.distributed_heartbeat_timeout_s)
+    import jax
+    if config.compilation_cache_dir:
+      jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
+    from inception_jax import train
+    logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
+                 jax.process_count(), jax.local_devices())
     train.train_and_evaluate(config, FLAGS.workdir)
-  except (ValueError, FloatingPointError) as e:  # Bad config/data, nonfinite stop: one line.
-    logging.error('%s', e)
-    raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -31,18 +30,17 @@ from typing import Any, Callable, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
-from inception_jax import hugepages  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common, peers
+from benchmarks.common import bool_flag, list_of
+from inception_jax import hugepages
 
-# inception_jax.models' ARCHS and CPU_KERNELS, restated so that the parent process, which
-# only parses flags and starts workers, does not import jax (tests/test_benchmarks.py).
+# inception_jax.models.ARCHS and inception_jax.ops' KERNELS and CONV_LIBRARIES, restated so
+# that the parent process, which only parses flags and starts workers, does not import jax
+# (tests/test_benchmarks.py).
 MODELS = ('inception_v3', 'inception_v4', 'inception_resnet_v1', 'inception_resnet_v2')
-CPU_KERNELS = ('auto', 'eigen', 'ynnpack')
-# Keras applications and timm models with the same network (slim layout, no auxiliary head).
-KERAS_MODELS = {'inception_v3': 'InceptionV3', 'inception_resnet_v2': 'InceptionResNetV2'}
-TIMM_MODELS = ('inception_v3', 'inception_v4', 'inception_resnet_v2')  # timm's names are ours.
-# PyTorch and timm are not in requirements.txt (several GB): --compare_timm asks for them,
-# in this venv or (--timm_python) another one.
-TIMM_INSTALL = 'pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31'
+KERNELS = ('auto', 'reference', 'xla_cpu')
+CONV_LIBRARIES = ('eigen', 'ynnpack')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,23 +52,12 @@ class Setting:
   width_multiplier: float
   scan_blocks: bool
   remat: bool
-  conv1x1_as_dot: bool
-  conv_backward_nhwc: bool | None  # None: the model's default for the backend.
-  cpu_kernels: str
+  kernels: str
+  cpu_conv_library: str
   dtype: str
 
 
 # --- Measuring one setting (runs in the worker process). ----------------------
-
-def _median_seconds(fn: Callable[[], Any], steps: int) -> float:
-  """Median wall time of `fn()` over `steps` calls; `fn` blocks until its result is ready."""
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
 
 def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB.
@@ -103,9 +90,8 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   config.model.dtype = setting.dtype
   config.model.scan_blocks = setting.scan_blocks
   config.model.remat = setting.remat
-  config.model.conv1x1_as_dot = setting.conv1x1_as_dot
-  config.model.conv_backward_nhwc = setting.conv_backward_nhwc
-  config.model.cpu_kernels = setting.cpu_kernels
+  config.model.kernels = setting.kernels
+  config.model.cpu_conv_library = setting.cpu_conv_library
   config.model.repeats = args.repeats or ()
   config.image_size = setting.image_size
   config.batch_size = setting.batch
@@ -143,7 +129,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   for _ in range(args.warmup):
     one_train_step()
   faults = _page_faults()
-  train_s = _median_seconds(one_train_step, args.steps)
+  train_s = common.median_seconds(one_train_step, args.steps)
   faults = (_page_faults() - faults) / args.steps
   train_rss = _peak_rss_mb()
 
@@ -156,7 +142,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   run_infer = lambda: jax.block_until_ready(infer(variables, batch['image']))
   for _ in range(args.warmup + 1):
     run_infer()
-  infer_s = _median_seconds(run_infer, args.steps)
+  infer_s = common.median_seconds(run_infer, args.steps)
   peak_rss = _peak_rss_mb()
 
   # FLOPs of the plain network (unrolled, no remat) so that every variant is credited
@@ -176,9 +162,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   result = dataclasses.asdict(setting)
   result.update(
       variant=args.variant, repeats=args.repeats, params=int(num_params),
-      # As the model resolved them for this backend.
-      conv_backward_nhwc=model.layer_options.conv_backward_nhwc,
-      cpu_kernels=model.resolved_cpu_kernels,
+      kernels=model.kernels,  # As the model resolved 'auto' for this backend.
       aux_logits=args.aux_logits,
       compile_s=round(compile_s, 2), lower_s=round(lower_s, 2),
       first_step_s=round(first_step_s, 2), infer_compile_s=round(infer_compile_s, 2),
@@ -195,92 +179,9 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
       rss_after_import_mb=round(rss_after_import),
       steps=args.steps, device=str(jax.devices()[0].device_kind),
       num_devices=jax.device_count(), jax=jax.__version__)
-  if args.compare_keras and setting.model in KERAS_MODELS:
-    result.update(measure_keras(setting, args))
+  if args.compare_keras and setting.model in peers.KERAS_MODELS:
+    result.update(peers.measure_keras(setting, args))
   return result
-
-
-def _peer_applies(setting: Setting, args: argparse.Namespace) -> bool:
-  """The peers have only the full-width float32 slim networks."""
-  return (setting.width_multiplier == 1.0 and setting.dtype == 'float32' and
-          args.variant == 'slim')
-
-
-def measure_keras(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
-  """The same network in Keras 3 on the JAX backend: first train step, train and predict."""
-  import keras  # pylint: disable=g-import-not-at-top
-  import numpy as np
-  if keras.backend.backend() != 'jax':
-    raise ValueError(f'Keras runs on {keras.backend.backend()!r}; set KERAS_BACKEND=jax')
-  if not _peer_applies(setting, args):
-    return {}
-  build = getattr(keras.applications, KERAS_MODELS[setting.model])
-  net = build(weights=None, input_shape=(setting.image_size, setting.image_size, 3),
-              classes=args.num_classes, classifier_activation=None)
-  net.compile(optimizer=keras.optimizers.RMSprop(0.045, rho=0.9, momentum=0.9, epsilon=1.0),
-              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  rng = np.random.RandomState(0)
-  x = rng.uniform(-1, 1, (setting.batch, setting.image_size, setting.image_size, 3)).astype(
-      np.float32)
-  y = rng.randint(0, args.num_classes, setting.batch).astype(np.int32)
-  start = time.perf_counter()
-  net.train_on_batch(x, y)  # Returns host values: the step has finished.
-  first_step_s = time.perf_counter() - start
-  for _ in range(args.warmup):
-    net.train_on_batch(x, y)
-  train_s = _median_seconds(lambda: net.train_on_batch(x, y), args.steps)
-  for _ in range(args.warmup + 1):
-    net.predict_on_batch(x)
-  infer_s = _median_seconds(lambda: net.predict_on_batch(x), args.steps)
-  return {'keras_params': int(net.count_params()),
-          'keras_first_step_s': round(first_step_s, 2),
-          'keras_train_img_s': round(setting.batch / train_s, 3),
-          'keras_infer_img_s': round(setting.batch / infer_s, 3)}
-
-
-def measure_timm(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
-  """The same network in timm on PyTorch (eager, its default threads): train and eval.
-
-  Runs in a worker of its own (`--timm_python`, which needs neither JAX nor this
-  repo's requirements): torchvision crashes on import in a process that has run our
-  steps and Keras's.
-
-  The train step is forward, label-smoothed cross-entropy, backward and RMSProp with
-  momentum: less than ours, which also clips, decays weights and updates an EMA.
-  """
-  if not _peer_applies(setting, args):
-    return {}
-  import timm  # pylint: disable=g-import-not-at-top
-  import torch
-  net = timm.create_model(setting.model, num_classes=args.num_classes)
-  opt = torch.optim.RMSprop(net.parameters(), lr=0.045, alpha=0.9, eps=1.0, momentum=0.9)
-  gen = torch.Generator().manual_seed(0)
-  x = torch.rand((setting.batch, 3, setting.image_size, setting.image_size), generator=gen) * 2 - 1
-  y = torch.randint(0, args.num_classes, (setting.batch,), generator=gen)
-
-  def train_step():
-    opt.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(net(x), y, label_smoothing=0.1)
-    loss.backward()
-    opt.step()  # Eager: every kernel has finished when this returns.
-
-  net.train()
-  start = time.perf_counter()
-  train_step()
-  first_step_s = time.perf_counter() - start
-  for _ in range(args.warmup):
-    train_step()
-  train_s = _median_seconds(train_step, args.steps)
-  net.eval()
-  with torch.inference_mode():
-    for _ in range(args.warmup + 1):
-      net(x)
-    infer_s = _median_seconds(lambda: net(x), args.steps)
-  return {'timm_params': sum(p.numel() for p in net.parameters()),
-          'timm_first_step_s': round(first_step_s, 2),
-          'timm_train_img_s': round(setting.batch / train_s, 3),
-          'timm_infer_img_s': round(setting.batch / infer_s, 3),
-          'timm_threads': torch.get_num_threads(), 'torch': torch.__version__}
 
 
 # --- Sweeping settings, each in its own process, and the table. ---------------
@@ -314,17 +215,15 @@ def run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
            f'--image_size={setting.image_size}',
            f'--width_multiplier={setting.width_multiplier}',
            f'--scan_blocks={setting.scan_blocks}', f'--remat={setting.remat}',
-           f'--conv1x1_as_dot={setting.conv1x1_as_dot}', f'--dtype={setting.dtype}',
-           f'--cpu_kernels={setting.cpu_kernels}',
+           f'--kernels={setting.kernels}', f'--cpu_conv_library={setting.cpu_conv_library}',
+           f'--dtype={setting.dtype}',
            f'--variant={args.variant}', f'--num_classes={args.num_classes}',
            f'--aux_logits={args.aux_logits}', f'--steps={args.steps}',
            f'--warmup={args.warmup}'] + (['--compare_keras'] if args.compare_keras else []) + (
-               [] if setting.conv_backward_nhwc is None else
-               [f'--conv_backward_nhwc={setting.conv_backward_nhwc}']) + (
                [f'--repeats={",".join(map(str, args.repeats))}'] if args.repeats else [])
   script = os.path.abspath(__file__)
   record = _run_worker([sys.executable, script, '--worker'] + flags, setting)
-  if args.compare_timm and setting.model in TIMM_MODELS:
+  if args.compare_timm and setting.model in peers.TIMM_MODELS:
     record.update(_run_worker([args.timm_python, script, '--timm_worker'] + flags, setting))
   return record
 
@@ -333,8 +232,8 @@ COLUMNS = (  # (heading, key, format)
     ('model', 'model', '{}'), ('batch', 'batch', '{}'), ('size', 'image_size', '{}'),
     ('width', 'width_multiplier', '{:g}'), ('blocks', 'repeats', '{}'),
     ('scan', 'scan_blocks', '{:d}'),
-    ('remat', 'remat', '{:d}'), ('1x1dot', 'conv1x1_as_dot', '{:d}'),
-    ('nhwc bwd', 'conv_backward_nhwc', '{:d}'), ('cpu kernels', 'cpu_kernels', '{}'),
+    ('remat', 'remat', '{:d}'), ('kernels', 'kernels', '{}'),
+    ('conv library', 'cpu_conv_library', '{}'),
     ('dtype', 'dtype', '{}'),
     ('compile s', 'compile_s', '{:.1f}'), ('train img/s', 'train_img_s', '{:.2f}'),
     ('infer img/s', 'infer_img_s', '{:.2f}'), ('GFLOP/img', 'gflops_per_img', '{:.3g}'),
@@ -352,10 +251,7 @@ COLUMNS = (  # (heading, key, format)
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
   """A Markdown table of the records; a peer's columns only when some record has them."""
-  columns = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in records)]
-  rows = [[c[0] for c in columns]]
-  for r in records:
-    rows.append(['-' if r.get(key) is None else fmt.format(r[key]) for _, key, fmt in columns])
+  rows = common.table_rows(records, COLUMNS)
   for peer in ('keras', 'timm'):
     if not any(f'{peer}_train_img_s' in r for r in records):
       continue
@@ -364,70 +260,40 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
       ratio = lambda k: (f'{r[k + "_img_s"] / r[f"{peer}_{k}_img_s"]:.2f}'
                          if r.get(f'{peer}_{k}_img_s') else '-')
       row += [ratio('train'), ratio('infer')]
-  lines = ['| ' + ' | '.join(row) + ' |' for row in rows]
-  lines.insert(1, '|' + '---|' * len(rows[0]))
-  return '\n'.join(lines)
+  return common.markdown(rows)
 
 
 # --- Command line. -------------------------------------------------------------
 
-def _bool(text: str) -> bool:
-  if text.lower() in ('1', 'true', 'yes'):
-    return True
-  if text.lower() in ('0', 'false', 'no'):
-    return False
-  raise argparse.ArgumentTypeError(f'{text!r} is not a boolean; use true or false')
-
-
-def _list_of(kind: Callable[[str], Any], choices: Sequence[Any] | None = None):
-  """An argparse type: a comma-separated list of `kind`, each one of `choices`."""
-  allowed = (f'of: {", ".join(map(str, choices))}' if choices else
-             'of true/false values' if kind is _bool else f'of {kind.__name__} values')
-  def parse(text: str) -> list[Any]:
-    try:
-      values = [kind(v) for v in text.split(',') if v]
-    except ValueError:  # int('x'), float('x'); _bool says what is wrong itself.
-      values = []
-    if not values or any(choices is not None and v not in choices for v in values):
-      raise argparse.ArgumentTypeError(f'{text!r} is invalid; give a comma-separated list '
-                                       + allowed)
-    return values
-  return parse
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--model', type=_list_of(str, MODELS), default=list(MODELS),
+  p.add_argument('--model', type=list_of(str, MODELS), default=list(MODELS),
                  help='networks to measure (default: all four)')
-  p.add_argument('--batch', type=_list_of(int), default=[8], help='images per step')
-  p.add_argument('--image_size', type=_list_of(int), default=[299],
+  p.add_argument('--batch', type=list_of(int), default=[8], help='images per step')
+  p.add_argument('--image_size', type=list_of(int), default=[299],
                  help='input side in pixels (at least 75)')
-  p.add_argument('--width_multiplier', type=_list_of(float), default=[1.0],
+  p.add_argument('--width_multiplier', type=list_of(float), default=[1.0],
                  help='scales every layer\'s depth')
-  p.add_argument('--scan_blocks', type=_list_of(_bool), default=[False],
+  p.add_argument('--scan_blocks', type=list_of(bool_flag), default=[False],
                  help='nn.scan over repeated blocks (one copy of each block in the HLO); '
                       'off by default, as in training: faster steps on XLA:CPU')
-  p.add_argument('--remat', type=_list_of(_bool), default=[False],
+  p.add_argument('--remat', type=list_of(bool_flag), default=[False],
                  help='recompute each block in the backward pass (jax.checkpoint)')
-  p.add_argument('--conv1x1_as_dot', type=_list_of(_bool), default=[True],
-                 help='1x1 stride-1 convs as a matmul over channels')
-  p.add_argument('--conv_backward_nhwc', type=_list_of(_bool), default=[None],
-                 help='the other convs\' gradients as forward NHWC convs (default: the '
-                      'model\'s, on for CPU)')
-  p.add_argument('--cpu_kernels', type=_list_of(str, CPU_KERNELS),
-                 default=['auto'],
-                 help='XLA:CPU library for convolutions and dots (default: the model\'s, '
-                      'eigen)')
-  p.add_argument('--dtype', type=_list_of(str, ('float32', 'bfloat16')), default=['float32'],
+  p.add_argument('--kernels', type=list_of(str, KERNELS), default=['auto'],
+                 help='the kernel set (inception_jax/ops; auto: xla_cpu on CPU, reference '
+                      'on GPU and TPU)')
+  p.add_argument('--cpu_conv_library', type=list_of(str, CONV_LIBRARIES), default=['eigen'],
+                 help='XLA:CPU\'s library for convolutions and dots under kernels=xla_cpu')
+  p.add_argument('--dtype', type=list_of(str, ('float32', 'bfloat16')), default=['float32'],
                  help='computation dtype; params and optimizer state stay float32')
   p.add_argument('--variant', default='slim', choices=('slim', 'paper'),
                  help='slim: the layout of the TF-Slim/Keras/timm checkpoints; paper: the '
                       'figures of the paper')
-  p.add_argument('--repeats', type=_list_of(int), default=None,
+  p.add_argument('--repeats', type=list_of(int), default=None,
                  help='A,B,C: blocks in the repeated stages of inception_v4 and the '
                       'inception_resnet networks (default: the paper\'s; small values for '
                       'quick looks, e.g. how compile time grows with depth)')
-  p.add_argument('--aux_logits', type=_bool, default=False,
+  p.add_argument('--aux_logits', type=bool_flag, default=False,
                  help='auxiliary head (the Keras and timm peers have none)')
   p.add_argument('--num_classes', type=int, default=1000, help='classifier outputs')
   p.add_argument('--steps', type=int, default=5, help='timed steps (the median is reported)')
@@ -437,7 +303,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       'same process')
   p.add_argument('--compare_timm', action='store_true',
                  help='also time timm\'s inception_v3/v4/inception_resnet_v2 (PyTorch, eager) '
-                      f'in the same run; needs `{TIMM_INSTALL}`')
+                      f'in the same run; needs `{peers.TIMM_INSTALL}`')
   p.add_argument('--timm_python', default=sys.executable,
                  help='the Python interpreter that has PyTorch and timm, e.g. another '
                       'venv\'s bin/python (default: this one)')
@@ -474,7 +340,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
       found = False
     if not found:
       p.error(f'--compare_timm: {args.timm_python} cannot import PyTorch and timm, which '
-              f'requirements.txt does not install; `{TIMM_INSTALL}` there, or give '
+              f'requirements.txt does not install; `{peers.TIMM_INSTALL}` there, or give '
               f'--timm_python of a venv that has them')
   return args
 
@@ -482,7 +348,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def settings(args: argparse.Namespace) -> list[Setting]:
   return [Setting(*values) for values in itertools.product(
       args.model, args.batch, args.image_size, args.width_multiplier, args.scan_blocks,
-      args.remat, args.conv1x1_as_dot, args.conv_backward_nhwc, args.cpu_kernels, args.dtype)]
+      args.remat, args.kernels, args.cpu_conv_library, args.dtype)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -493,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   if args.timm_worker:
     (setting,) = settings(args)
-    print(json.dumps(measure_timm(setting, args)), flush=True)
+    print(json.dumps(peers.measure_timm(setting, args)), flush=True)
     return
   records = []
   for setting in settings(args):

@@ -26,9 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'             # Computation dtype ('bfloat16' on GPU/TPU).
   config.model.scan_blocks = False           # nn.scan over repeated blocks (compile time).
   config.model.remat = False                 # Recompute blocks in the backward pass.
-  config.model.cpu_kernels = 'auto'          # XLA:CPU conv library: auto | eigen | ynnpack.
+  config.model.bn_group_size = 0             # Images per BatchNorm statistics group; 0: whole batch.
+  config.model.kernels = 'auto'              # Kernel set (inception_jax/ops): auto | reference | xla_cpu.
+  config.model.cpu_conv_library = 'eigen'    # xla_cpu's conv library: eigen | ynnpack.
   config.model.stem_stride = 2               # First conv's stride; 1 for low-res input (v3 sec. 9).
   config.model.stem_pool = True              # False removes the stem's first max pool (v3 sec. 9).
+  config.model.avg_pool_include_pad = False  # True: avg pools count padding (torchvision weights).
 
   # --- Data (inception_jax.data). ---
   config.dataset = 'offline_shapes'  # 'offline_shapes', any TFDS name, or 'image_folder'.

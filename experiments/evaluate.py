@@ -44,7 +44,7 @@ from absl import app, flags
 
 from configs import default
 from experiments import runs
-from inception_jax import checkpointing, convert, parallel, train
+from inception_jax import checkpointing, cli, convert, parallel, train
 from inception_jax import metrics as metrics_lib
 from inception_jax.data import input_pipeline, preprocessing
 from inception_jax.models import Inception
@@ -265,12 +265,12 @@ def main(argv: Sequence[str]) -> None:
     members = [load_run(w, num_classes, mesh, ema=args.ema) for w in args.workdirs]
     members += [load_weights(w, mesh) for w in args.weights]
     results = evaluate(members, config, mesh, crops=args.crops, batch_size=args.batch_size)
-  except ValueError as e:  # Bad flags, runs or data (CheckpointError too): one line.
+    print(format_results(results))
+    if args.json:
+      with open(args.json, 'w') as f:
+        json.dump(results, f, indent=2)
+  except cli.USER_ERRORS as e:  # Bad flags, runs or data (CheckpointError too): one line.
     raise SystemExit(f'error: {e}') from None
-  print(format_results(results))
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(results, f, indent=2)
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from experiments import runs as runs_lib
 from experiments import summarize
+from inception_jax import cli
 
 SPLITS = {'eval': '-', 'train': '--'}  # Line style of each split.
 X_AXES = ('step', 'epoch')
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = runs_lib.find_runs(args.runs)
     targets = summarize.parse_targets(args.targets)
     plot(runs, [m for m in args.metric.split(',') if m], args.out, args.x)
-  except ValueError as e:
+  except cli.USER_ERRORS as e:
     parser.error(str(e))
   rows = summarize.summary_rows(runs, targets, cost=False)
   columns = ['run', 'step'] + [summarize.target_column(t) for t in targets]

@@ -19,6 +19,7 @@ import numpy as np
 
 from inception_jax import metrics as metrics_lib
 from inception_jax import train
+from inception_jax.models import upgrade_options
 from inception_jax.data import input_pipeline
 
 CONFIG_FILE = 'config.json'
@@ -37,7 +38,9 @@ def read_config(workdir: str) -> dict[str, Any]:
   if not is_run_dir(workdir):
     raise ValueError(f'{workdir} is not a run directory: it has no {CONFIG_FILE}')
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    return json.load(f)
+    config = json.load(f)
+  config['model'] = upgrade_options(config.get('model', {}))
+  return config
 
 
 @dataclasses.dataclass

@@ -23,6 +23,7 @@ import json
 from typing import Any, Callable, Sequence
 
 from experiments import runs as runs_lib
+from inception_jax import cli
 from inception_jax.models import create_model, summary
 
 
@@ -129,11 +130,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     rows = summary_rows(runs_lib.find_runs(args.runs), parse_targets(args.targets),
                         ema=args.ema, cost=not args.no_cost)
-  except ValueError as e:
+    print(format_markdown(rows))
+    if args.csv:
+      write_csv(rows, args.csv)
+  except cli.USER_ERRORS as e:
     parser.error(str(e))
-  print(format_markdown(rows))
-  if args.csv:
-    write_csv(rows, args.csv)
 
 
 if __name__ == '__main__':

@@ -40,7 +40,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import runs
-from inception_jax import validation
+from inception_jax import cli, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'main.py')
@@ -203,7 +203,7 @@ def main(argv: Sequence[str]) -> None:
     trials = make_trials(FLAGS.config, sweep, FLAGS.workdir)
     index = FLAGS.trial_index
     selected = select(trials, os.environ.get('SLURM_ARRAY_TASK_ID') if index is None else index)
-  except ValueError as e:
+  except cli.USER_ERRORS as e:
     raise SystemExit(f'error: {e}') from None
   if FLAGS.print_commands:
     for trial in selected:

@@ -95,6 +95,15 @@ class RunCheckpoints:
     self._manager.close()
 
 
+def wait_for_processes(name: str, timeout_s: int) -> None:
+  """Blocks until every process has reached the barrier `name` (each name used once).
+
+  The coordination service's barrier, through orbax's public API: no device
+  collective, so no collective library's join deadline applies.
+  """
+  ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+
+
 def save_variables(directory: str, variables: dict[str, Any]) -> None:
   """Writes model variables (`params`, `batch_stats`) as one orbax checkpoint."""
   directory = os.path.abspath(directory)

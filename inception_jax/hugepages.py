@@ -6,13 +6,17 @@ them with munmap, so with 4 KiB pages every step faults in 450-650k new pages,
 about a fifth of the step on a 2-core CPU (benchmarks/README.md (o)). glibc
 (2.35 and later) asks the kernel for 2 MiB pages for those mappings when its
 tunable `glibc.malloc.hugetlb=1` is set. glibc reads tunables only when a
-process starts, so the entry points re-execute themselves once with it.
+process starts, so the entry points re-execute themselves once with it, where JAX
+will run on the CPU: a GPU or TPU host's step buffers live on the device.
 
-Imports no jax: `benchmarks/step_time.py`'s parent process uses it too.
+Turn it off with `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` in the environment.
+Imports no jax: it runs before jax is imported, and in `benchmarks/step_time.py`'s
+parent process, which never imports jax.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from typing import Mapping
@@ -20,6 +24,8 @@ from typing import Mapping
 TUNABLE = 'glibc.malloc.hugetlb'
 THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
 MIN_GLIBC = (2, 35)
+# Device nodes of NVIDIA and AMD GPUs and of TPU VMs (v4 and v5p: accel; v5e and v6e: vfio).
+ACCELERATOR_DEVICES = ('/dev/nvidia[0-9]*', '/dev/kfd', '/dev/accel[0-9]*', '/dev/vfio/[0-9]*')
 
 
 def _glibc_version() -> tuple[int, ...] | None:
@@ -40,15 +46,32 @@ def _thp_mode(path: str = THP_MODE) -> str | None:
   return text[text.index('[') + 1:text.index(']')] if '[' in text else None
 
 
-def applies(thp_mode: str | None = None, glibc: tuple[int, ...] | None = None) -> bool:
-  """Whether the tunable changes anything here: glibc >= 2.35 and THP in 'madvise' mode.
+def jax_runs_on_cpu(env: Mapping[str, str] | None = None,
+                    devices: tuple[str, ...] = ACCELERATOR_DEVICES) -> bool:
+  """Whether JAX will compute on the CPU: `JAX_PLATFORMS` says so, or no GPU or TPU is here.
+
+  Decided without importing jax, from the first platform of `JAX_PLATFORMS` or else
+  from the accelerators' device nodes.
+  """
+  env = os.environ if env is None else env
+  platforms = env.get('JAX_PLATFORMS', '').strip()
+  if platforms:
+    return platforms.split(',')[0].strip() == 'cpu'
+  return not any(glob.glob(pattern) for pattern in devices)
+
+
+def applies(thp_mode: str | None = None, glibc: tuple[int, ...] | None = None,
+            on_cpu: bool | None = None) -> bool:
+  """Whether the tunable changes anything here: JAX on the CPU, glibc >= 2.35 and THP in
+  'madvise' mode.
 
   In 'always' mode the kernel already backs large mappings with huge pages; in 'never'
   mode nothing can.
   """
   thp_mode = _thp_mode() if thp_mode is None else thp_mode
   glibc = _glibc_version() if glibc is None else glibc
-  return thp_mode == 'madvise' and glibc is not None and glibc >= MIN_GLIBC
+  on_cpu = jax_runs_on_cpu() if on_cpu is None else on_cpu
+  return on_cpu and thp_mode == 'madvise' and glibc is not None and glibc >= MIN_GLIBC
 
 
 def with_huge_pages(env: Mapping[str, str]) -> dict[str, str]:

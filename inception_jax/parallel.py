@@ -7,57 +7,77 @@ whole global batch.
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 from absl import logging
-from jax._src import distributed  # The coordination service's barrier.
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-# Environment variables by which a launcher says this is one process of several.
-_MULTI_HOST_ENV = ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
-                   'TPU_WORKER_HOSTNAMES')
+from inception_jax import checkpointing
+
+# What says that this may be one process of several: a launcher's variables (an explicit
+# coordinator, SLURM, Open MPI, a GKE TPU or JobSet pod), or a Cloud TPU VM's chips, whose
+# peers JAX finds from the VM's metadata. JAX's own cluster detection takes it from there.
+_LAUNCHER_ENV = ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID', 'OMPI_COMM_WORLD_SIZE',
+                 'TPU_WORKER_HOSTNAMES', 'JOBSET_NAME')
+_TPU_CHIPS = ('/dev/accel[0-9]*', '/dev/vfio/[0-9]*')
+
+
+def cluster_hint(env: dict[str, str] | None = None,
+                 tpu_chips: Sequence[str] = _TPU_CHIPS) -> str | None:
+  """What suggests a multi-process launch here (a variable or 'a TPU VM'), or None."""
+  env = os.environ if env is None else env
+  if env.get('SLURM_NTASKS') == '1':
+    return None  # One SLURM task: nothing to coordinate.
+  found = next((k for k in _LAUNCHER_ENV if env.get(k)), None)
+  if found is None and any(glob.glob(p) for p in tpu_chips):
+    found = 'a TPU VM'
+  return found
 
 
 def maybe_initialize_distributed(mode: str | bool, timeout_s: int = 300,
                                  heartbeat_timeout_s: int = 100) -> None:
-  """Calls `jax.distributed.initialize` when asked to, or when a launcher says so.
+  """Calls `jax.distributed.initialize` when asked to, or when a launch looks multi-process.
 
-  `mode`: True/'true' (always), False/'false' (never), 'auto' (when one of the
-  multi-host environment variables is set). Must run before anything touches
-  devices. Without a cluster launcher, set `JAX_COORDINATOR_ADDRESS=host:port`,
-  `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`. `timeout_s` bounds the wait for peers
-  at start; a peer silent for `heartbeat_timeout_s` stops every process.
+  `mode`: True/'true' (always), False/'false' (never), 'auto' (when `cluster_hint`
+  finds one). JAX's cluster detection then finds the coordinator, the process count
+  and this process's id: SLURM, Open MPI, Cloud TPU VMs and GKE. Without a cluster
+  launcher, set `JAX_COORDINATOR_ADDRESS=host:port`, `JAX_NUM_PROCESSES` and
+  `JAX_PROCESS_ID`. Must run before anything touches devices. `timeout_s` bounds the
+  wait for peers at start; a peer silent for `heartbeat_timeout_s` stops every process.
   """
   mode = str(mode).lower()
   if mode not in ('auto', 'true', 'false'):
     raise ValueError(f'distributed={mode!r} is invalid; use auto, true or false')
-  if mode == 'false' or (mode == 'auto' and not any(os.environ.get(k) for k in _MULTI_HOST_ENV)):
-    return
-  if os.environ.get('SLURM_NTASKS') == '1':
+  hint = cluster_hint()
+  if mode == 'false' or (mode == 'auto' and hint is None):
     return
   explicit = {key: int(os.environ[var]) for key, var in
               (('num_processes', 'JAX_NUM_PROCESSES'), ('process_id', 'JAX_PROCESS_ID'))
               if os.environ.get(var)}
   jax.distributed.initialize(initialization_timeout=timeout_s,
                              heartbeat_timeout_seconds=heartbeat_timeout_s, **explicit)
-  logging.info('jax.distributed: process %d of %d', jax.process_index(), jax.process_count())
+  logging.info('jax.distributed (%s): process %d of %d', hint or 'distributed=true',
+               jax.process_index(), jax.process_count())
 
 
-COMPILE_BARRIER_TIMEOUT_MS = 30 * 60 * 1000  # The slowest host's compile of a full network.
+COMPILE_BARRIER_TIMEOUT_S = 30 * 60  # The slowest host's compile of a full network.
 
 
 def compile_then_sync(jitted: Any, name: str) -> Callable[..., Any]:
   """`jitted`, compiled at its first call; then every process waits for the others.
 
-  CPU collectives (gloo) give a peer 30 s to join the first collective of a
-  computation: processes that compile at different speeds (a loaded host) would
-  fail there. A barrier of the coordination service between compiling and running
-  removes that skew. With one process, `jitted` itself.
+  CPU collectives (gloo) give a peer 30 s to join a computation's first collective:
+  processes that compile at different speeds (a loaded host) fail there, and a device
+  collective as the barrier (`multihost_utils.sync_global_devices`) fails the same way
+  (a 50 s skew: "Gloo context initialization failed: DEADLINE_EXCEEDED"). The
+  coordination service's barrier has no such window. GPU and TPU collectives wait for
+  their peers; there, and with one process, `jitted` itself.
   """
-  if jax.process_count() == 1:
+  if jax.process_count() == 1 or jax.devices()[0].platform != 'cpu':
     return jitted
   compiled = None
 
@@ -65,8 +85,7 @@ def compile_then_sync(jitted: Any, name: str) -> Callable[..., Any]:
     nonlocal compiled
     if compiled is None:
       compiled = jitted.lower(*args).compile()
-      distributed.global_state.client.wait_at_barrier(f'compiled_{name}',
-                                                      COMPILE_BARRIER_TIMEOUT_MS)
+      checkpointing.wait_for_processes(f'compiled_{name}', COMPILE_BARRIER_TIMEOUT_S)
     return compiled(*args)
   return call
 

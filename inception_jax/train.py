@@ -24,11 +24,11 @@ import optax
 from absl import logging
 from clu import parameter_overview, periodic_actions
 
-from inception_jax import checkpointing, optim, parallel, validation
+from inception_jax import checkpointing, ops, optim, parallel, validation
 from inception_jax import metrics as metrics_lib
 from inception_jax.convert import common as convert_common
 from inception_jax.data import input_pipeline
-from inception_jax.models import Inception, create_model
+from inception_jax.models import Inception, create_model, upgrade_options
 
 
 @flax.struct.dataclass
@@ -41,8 +41,10 @@ class TrainState:
   skipped_steps: jax.Array  # Updates dropped for a non-finite loss or gradient.
 
 
-def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> Inception:
-  return create_model(num_classes=num_classes, **config.model.to_dict())
+def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int,
+                             platform: str | None = None) -> Inception:
+  """The config's network; `model.kernels='auto'` resolves for `platform` (see `create_model`)."""
+  return create_model(num_classes=num_classes, platform=platform, **config.model.to_dict())
 
 
 def initial_variables(model: Inception, config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -178,6 +180,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
+    saved['model'] = upgrade_options(saved.get('model', {}))
     changed = validation.config_diff(saved, current)
     if changed and not config.allow_config_change:
       raise ValueError(f'{workdir} holds a run with a different config ({"; ".join(changed)}); '
@@ -281,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
   steps_per_epoch, num_steps = schedule_steps(config, info.num_train_examples)
-  model = create_model_from_config(config, info.num_classes)
+  model = create_model_from_config(config, info.num_classes, ops.platform_of(mesh.devices.flat))
   tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch))
   checkpoints = checkpointing.RunCheckpoints(
       os.path.join(workdir, 'checkpoints'), every_steps=config.checkpoint_every_steps,

@@ -13,12 +13,14 @@ from inception_jax import optim
 from inception_jax.models import MIN_IMAGE_SIZE, create_model
 
 NONFINITE_POLICIES = ('skip', 'stop')
-# Keys whose change does not make a workdir a different run (resuming with them is fine).
+# Keys whose change does not make a workdir a different run (resuming with them is fine):
+# the schedule's length, where things are, and how the same function is computed.
 RESUMABLE_KEYS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'checkpoint_every_steps', 'keep_checkpoints', 'steps_per_eval',
                   'allow_config_change', 'data_dir', 'manual_dir', 'distributed',
                   'distributed_heartbeat_timeout_s',
-                  'compilation_cache_dir', 'eval_batch_size')
+                  'compilation_cache_dir', 'eval_batch_size', 'model.kernels',
+                  'model.cpu_conv_library')
 
 
 def _positive(config, key: str, integer: bool = False) -> None:
@@ -70,7 +72,7 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = ''
   """'key: old -> new' for each value that differs, ignoring `RESUMABLE_KEYS`."""
   changes = []
   for key in sorted(set(saved) | set(current)):
-    if key in RESUMABLE_KEYS and not prefix:
+    if prefix + key in RESUMABLE_KEYS:
       continue
     old, new = saved.get(key), current.get(key)
     if isinstance(old, dict) and isinstance(new, dict):

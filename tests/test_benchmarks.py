@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from benchmarks import step_time
-from inception_jax import models
+from benchmarks import peers, step_time
+from inception_jax import models, ops
 from tests.util import REPO, subprocess_env
 
 SCRIPT = os.path.join(REPO, 'benchmarks', 'step_time.py')
@@ -17,7 +17,8 @@ REQUIRED = ('model', 'batch', 'image_size', 'compile_s', 'train_img_s', 'infer_i
 
 
 def test_flag_choices_are_the_models():
-  assert (step_time.MODELS, step_time.CPU_KERNELS) == (models.ARCHS, models.CPU_KERNELS)
+  assert (step_time.MODELS, step_time.KERNELS, step_time.CONV_LIBRARIES) == (
+      models.ARCHS, ops.KERNELS, ops.CONV_LIBRARIES)
 
 
 def _run(*flags: str) -> subprocess.CompletedProcess:
@@ -33,6 +34,7 @@ def test_scanned_and_unrolled_records_and_table():
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
   assert [r['scan_blocks'] for r in records] == [True, False]
+  assert {r['kernels'] for r in records} == {'xla_cpu'}  # auto, resolved on this CPU.
   for r in records:
     assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
     assert (r['model'], r['batch'], r['image_size'], r['repeats']) == (
@@ -71,6 +73,8 @@ def test_scanned_and_unrolled_records_and_table():
     ('--model=inception_v5', "argument --model: 'inception_v5' is invalid; give a "
                              'comma-separated list of: inception_v3, inception_v4'),
     ('--scan_blocks=true,maybe', "argument --scan_blocks: 'maybe' is not a boolean"),
+    ('--kernels=fast', "argument --kernels: 'fast' is invalid; give a comma-separated list of: "
+                       'auto, reference, xla_cpu'),
     ('--image_size=299,64', '--image_size=299,64 is below the minimum of 75'),
     ('--repeats=1,1', '--repeats: repeats=(1, 1) is invalid for inception_v4'),
 ])
@@ -95,4 +99,4 @@ def test_compare_timm_names_the_interpreter_without_torch(named):
   error = proc.stderr.strip().splitlines()[-1]
   assert error.startswith(f'step_time.py: error: --compare_timm: {python} cannot import '
                           'PyTorch and timm'), proc.stderr
-  assert step_time.TIMM_INSTALL in error
+  assert peers.TIMM_INSTALL in error

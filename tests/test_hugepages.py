@@ -33,11 +33,22 @@ def test_with_huge_pages_adds_the_tunable_and_keeps_the_users():
   assert hugepages.with_huge_pages(off) == off
 
 
-def test_applies_only_with_madvise_mode_and_a_recent_glibc():
-  assert hugepages.applies('madvise', (2, 36))
-  assert not hugepages.applies('madvise', (2, 31))
-  assert not hugepages.applies('always', (2, 36))  # The kernel does it already.
-  assert not hugepages.applies('never', (2, 36))
+def test_applies_only_on_cpu_with_madvise_mode_and_a_recent_glibc():
+  assert hugepages.applies('madvise', (2, 36), on_cpu=True)
+  assert not hugepages.applies('madvise', (2, 31), on_cpu=True)
+  assert not hugepages.applies('always', (2, 36), on_cpu=True)  # The kernel does it already.
+  assert not hugepages.applies('never', (2, 36), on_cpu=True)
+  assert not hugepages.applies('madvise', (2, 36), on_cpu=False)  # A GPU or TPU host.
+
+
+def test_jax_runs_on_cpu_from_jax_platforms_or_the_device_nodes(tmp_path):
+  gpu = tmp_path / 'nvidia0'
+  gpu.write_text('')
+  nodes = (str(tmp_path / 'nvidia[0-9]*'),)
+  assert not hugepages.jax_runs_on_cpu({}, nodes)
+  assert hugepages.jax_runs_on_cpu({'JAX_PLATFORMS': 'cpu'}, nodes)  # Forced onto the CPU.
+  assert not hugepages.jax_runs_on_cpu({'JAX_PLATFORMS': 'tpu,cpu'}, ())
+  assert hugepages.jax_runs_on_cpu({}, (str(tmp_path / 'accel[0-9]*'),))
 
 
 def test_thp_mode_reads_the_bracketed_word(tmp_path):

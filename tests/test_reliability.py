@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax import checkpointing, train
+from inception_jax import checkpointing, parallel, train
 from tests.util import REPO, main_command, subprocess_env, tiny_config
 
 NUM_STEPS = 8
@@ -154,11 +154,18 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_two_processes(config, workdir: str, name: str) -> list[subprocess.Popen]:
-  port = _free_port()
-  return [_start(config, workdir, f'{name}{i}', num_devices=2,
-                 JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
-                 JAX_PROCESS_ID=str(i)) for i in range(2)]
+def _start_two_processes(config, workdir: str, name: str,
+                         launcher: str = 'explicit') -> list[subprocess.Popen]:
+  """Two processes of 2 devices each, told of each other as a user would (`explicit`) or
+  as SLURM tells them (`slurm`: JAX's own cluster detection finds the coordinator)."""
+  port = str(_free_port())
+  def env(i):
+    if launcher == 'slurm':
+      return dict(SLURM_JOB_ID='1', SLURM_STEP_NODELIST='127.0.0.1', SLURM_NTASKS='2',
+                  SLURM_PROCID=str(i), SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=port)
+    return dict(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+                JAX_PROCESS_ID=str(i))
+  return [_start(config, workdir, f'{name}{i}', num_devices=2, **env(i)) for i in range(2)]
 
 
 def _metric_lines(workdir: str) -> int:
@@ -169,7 +176,7 @@ def _metric_lines(workdir: str) -> int:
 def test_two_processes_train_agree_and_stop_when_a_peer_dies(tmp_path, tiny_data_dir):
   workdir = str(tmp_path)
   config = tiny_config(tiny_data_dir, num_train_steps=4, distributed_heartbeat_timeout_s=10)
-  procs = _start_two_processes(config, workdir, 'first')
+  procs = _start_two_processes(config, workdir, 'first', launcher='slurm')
   outs = [_finish(p) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
   assert all(f'JAX process {i}/2' in out for i, out in enumerate(outs))
@@ -190,3 +197,13 @@ def test_two_processes_train_agree_and_stop_when_a_peer_dies(tmp_path, tiny_data
   assert procs[0].returncode != 0
   assert time.time() - killed < 120  # Heartbeat timeout 10 s, plus detection and teardown.
   assert 'another task died' in out
+
+
+def test_cluster_hint_names_what_makes_a_launch_look_multi_process(tmp_path):
+  """`distributed=auto` initializes jax.distributed (and its cluster detection) on these."""
+  assert parallel.cluster_hint({}, ()) is None
+  assert parallel.cluster_hint({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '4'}, ()) == 'SLURM_JOB_ID'
+  assert parallel.cluster_hint({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '1'}, ()) is None
+  assert parallel.cluster_hint({'TPU_WORKER_HOSTNAMES': 'a,b'}, ()) == 'TPU_WORKER_HOSTNAMES'
+  (tmp_path / 'accel0').write_text('')  # A Cloud TPU VM's chip: peers come from its metadata.
+  assert parallel.cluster_hint({}, (str(tmp_path / 'accel[0-9]*'),)) == 'a TPU VM'

@@ -16,6 +16,7 @@ import os
 
 from absl import app, flags
 
+from inception_jax import cli
 from inception_jax.convert import SOURCES, convert, save
 from inception_jax.models import ARCHS
 
@@ -32,9 +33,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  conversion = convert(FLAGS['from'].value, os.path.expanduser(FLAGS.source), FLAGS.model,
-                       drop_background=FLAGS.drop_background)
-  save(conversion, FLAGS.out)
+  with cli.one_line_errors():
+    conversion = convert(FLAGS['from'].value, os.path.expanduser(FLAGS.source), FLAGS.model,
+                         drop_background=FLAGS.drop_background)
+    save(conversion, FLAGS.out)
   print(conversion.report())
   print(f'wrote {os.path.abspath(FLAGS.out)}')
 

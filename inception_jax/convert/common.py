@@ -228,14 +228,18 @@ def convert(source: Source, file: str, arch: str, *, drop_background: bool = Fal
   has one.
 
   Raises:
-    ValueError: for a network the source has no weights for, a file without a
-      classifier, or one listing every tensor that is missing, unexpected or of
+    ValueError: for a network the source has no weights for, a file that cannot be
+      read as the source's, a file without a classifier, or one listing every tensor that is missing, unexpected or of
       the wrong shape.
   """
   if arch not in source.archs:
     raise ValueError(f'{source.name} weights exist for {", ".join(source.archs)}, '
                      f'not {arch!r}')
-  tensors = source.read(file, arch)
+  try:
+    tensors = source.read(file, arch)
+  except Exception as e:  # h5py, safetensors and TensorFlow each raise their own kinds.
+    raise ValueError(f'cannot read {file} as {source.name} weights: {type(e).__name__}: '
+                     f'{" ".join(str(e).split())}') from e
   # One trace of a one-class model with the aux head names every tensor; only the
   # classifiers' last axis depends on the class count.
   probe = build(arch, source, num_classes=1, aux_logits=True)

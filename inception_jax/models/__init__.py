@@ -8,14 +8,18 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from inception_jax.models.networks import (ARCHS, CPU_KERNELS, MIN_IMAGE_SIZE, STEM_STRIDES,
-                                           VARIANTS, Inception, check_repeats, stack_repeats,
+from inception_jax import ops
+from inception_jax.models.networks import (ARCHS, MIN_IMAGE_SIZE, STEM_STRIDES, VARIANTS,
+                                           Inception, check_repeats, stack_repeats,
                                            stem_has_pool_switch, unstack_repeats)
 
-__all__ = ['ARCHS', 'CPU_KERNELS', 'VARIANTS', 'MIN_IMAGE_SIZE', 'Inception', 'create_model',
-           'model_options', 'stack_repeats', 'unstack_repeats']
+__all__ = ['ARCHS', 'VARIANTS', 'MIN_IMAGE_SIZE', 'Inception', 'create_model', 'model_options',
+           'stack_repeats', 'unstack_repeats', 'upgrade_options']
 
 _DTYPES = ('float32', 'bfloat16', 'float16')
+# Options of earlier versions that chose how XLA:CPU computes the same function; a config
+# or run directory that has them still builds its network.
+_LEGACY_KERNEL_OPTIONS = ('conv1x1_as_dot', 'conv_backward_nhwc', 'cpu_kernels')
 
 
 def model_options() -> tuple[str, ...]:
@@ -24,20 +28,41 @@ def model_options() -> tuple[str, ...]:
                if f.name not in ('arch', 'parent', 'name'))
 
 
-def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> Inception:
+def upgrade_options(options: dict[str, Any]) -> dict[str, Any]:
+  """`create_model` options as saved by an earlier version, in today's terms.
+
+  The CPU-kernel switches of earlier versions became `kernels` and `cpu_conv_library`:
+  they chose how the same function is computed, so they are dropped, and an explicit
+  conv library is kept as `cpu_conv_library`.
+  """
+  options = dict(options)
+  library = options.pop('cpu_kernels', 'auto')
+  if library in ops.CONV_LIBRARIES:
+    options.setdefault('cpu_conv_library', library)
+  for key in _LEGACY_KERNEL_OPTIONS:
+    options.pop(key, None)
+  return options
+
+
+def create_model(name: str, *, num_classes: int = 1000, platform: str | None = None,
+                 **overrides: Any) -> Inception:
   """Returns the network `name` as a Flax module.
 
   Args:
     name: one of `ARCHS`.
     num_classes: size of the classifier.
+    platform: 'cpu', 'gpu' or 'tpu', where its steps will run: `kernels='auto'` picks
+      that platform's kernel set (`inception_jax.ops.AUTO`). Default: this process's
+      default backend.
     **overrides: any of `model_options()`: `variant` ('paper' or 'slim'),
       `residual_scale` (a float or one per grid: 35x35, 17x17, 8x8), `use_residual`,
       `width_multiplier`, `repeats` (A, B, C block counts), `bn_scale`, `bn_momentum`,
-      `bn_epsilon`, `aux_logits`, `dropout_rate`, `dtype`, `scan_blocks`, `remat`,
-      `conv1x1_as_dot`, `conv_backward_nhwc` (None: on for CPU),
-      `cpu_kernels` ('auto', 'eigen' or 'ynnpack': XLA:CPU's convolution library),
-      `stem_stride` (1 or 2)
-      and `stem_pool` (the lower-resolution study of the v3 paper sec. 9).
+      `bn_epsilon`, `bn_group_size` (images per BatchNorm statistics group, 0: the whole
+      batch), `aux_logits`, `dropout_rate`, `dtype`, `scan_blocks`, `remat`,
+      `kernels` ('auto', 'reference' or 'xla_cpu'), `cpu_conv_library` ('eigen' or
+      'ynnpack', for 'xla_cpu'), `stem_stride` (1 or 2), `stem_pool` (the
+      lower-resolution study of the v3 paper sec. 9) and `avg_pool_include_pad`
+      (torchvision's average pools, which count the padding).
 
   Raises:
     ValueError: for an unknown name or option, or an option value out of range.
@@ -78,9 +103,12 @@ def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> Inc
     raise ValueError(f'stem_pool=False is invalid for {name} ({variant}): its first max pool is '
                      'a branch of Mixed_3a (Fig. 3); it applies to inception_v3, '
                      'inception_resnet_v1 and inception_resnet_v2 (slim)')
-  kernels = options.get('cpu_kernels', 'auto')
-  if kernels not in CPU_KERNELS:
-    raise ValueError(f'cpu_kernels={kernels!r} is invalid; valid: {", ".join(CPU_KERNELS)}')
+  ops.check(options.get('kernels', 'auto'), options.get('cpu_conv_library', 'eigen'))
+  options['kernels'] = ops.resolve(options.get('kernels', 'auto'), platform)
+  group = options.get('bn_group_size', 0)
+  if isinstance(group, bool) or not isinstance(group, numbers.Integral) or group < 0:
+    raise ValueError(f'bn_group_size={group!r} is invalid: give the images per BatchNorm '
+                     'statistics group, an integer >= 0 (0: the whole batch)')
   rate = options.get('dropout_rate', 0.2)
   if not 0.0 <= rate < 1.0:
     raise ValueError(f'dropout_rate={rate!r} must be in [0, 1)')

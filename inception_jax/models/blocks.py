@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from inception_jax.models.layers import (AVG_POOL, IDENTITY_POOL, MAX_POOL_REDUCE, Conv1x1Bias,
+from inception_jax import ops
+from inception_jax.models.layers import (AVG_POOL, IDENTITY_POOL, MAX_POOL_REDUCE, Conv2D,
                                          ConvBN, Fork, LayerOptions, Layers, Pool, alternating,
-                                         channel_sums, concat_branches, conv, reduce_conv)
+                                         concat_branches, conv, reduce_conv)
 
 Kernel = tuple[int, int]
 
@@ -58,26 +59,23 @@ class ResidualBlock(Block):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     mixed = concat_branches(self.branches(), self.opts, x, train)
-    up = Conv1x1Bias(x.shape[-1], self.opts, name='Conv2d_1x1')(mixed)
+    up = Conv2D(x.shape[-1], (1, 1), self.opts, use_bias=True, name='Conv2d_1x1')(mixed)
     if self.use_residual:
       up = self.scale * up
-      self.sow('intermediates', 'residual_ratio', _rms_ratio(up, x))
+      self.sow('intermediates', 'residual_ratio', _rms_ratio(up, x, self.opts.kernels))
       out = x + up
     else:
       out = up
-    out = nn.relu(out) if self.activation else out
-    # Computed once: unrolled, XLA fuses a stage's whole chain of elementwise residual sums
-    # into each consumer, re-reading every earlier block's expansion (benchmarks/README (k)).
-    return lax.optimization_barrier(out)
+    return nn.relu(out) if self.activation else out
 
 
-def _rms_ratio(a: jax.Array, b: jax.Array) -> jax.Array:
-  """RMS(a) / RMS(b), in float32, both from one pass of `channel_sums`: a metric only.
+def _rms_ratio(a: jax.Array, b: jax.Array, kernels: ops.Reference) -> jax.Array:
+  """RMS(a) / RMS(b), in float32, both from one pass of the channel sums: a metric only.
 
   The gradient is stopped first: jax's JVP of a variadic reduce is a tree of slices.
   """
   a, b = (jnp.square(lax.stop_gradient(v).astype(jnp.float32)) for v in (a, b))
-  sum_a, sum_b = (jnp.sum(s) for s in channel_sums(a, b))
+  sum_a, sum_b = (jnp.sum(s) for s in kernels.channel_sums(a, b))
   return jnp.sqrt(sum_a / a.size) / (jnp.sqrt(sum_b / b.size) + 1e-12)
 
 

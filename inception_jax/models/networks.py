@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inception_jax import ops
 from inception_jax.models import blocks as B
 from inception_jax.models.layers import ConvBN, LayerOptions, conv
 
@@ -36,10 +37,11 @@ class Stage:
   repeat: int | None = None  # index into `repeats` (A, B, C) for a repeated stage
   grid: int | None = None    # index into the residual scales for a residual stage
   count: int = 1             # fixed repeat count when `repeat` is None
+  held_apart: int = 0        # of the `repeats` count, the blocks that a later stage holds
 
 
-def _stage(name, block, repeat=None, grid=None, **fields) -> Stage:
-  return Stage(name, block, tuple(sorted(fields.items())), repeat, grid)
+def _stage(name, block, repeat=None, grid=None, held_apart=0, **fields) -> Stage:
+  return Stage(name, block, tuple(sorted(fields.items())), repeat, grid, held_apart=held_apart)
 
 
 def _inception_v3(variant: str) -> list[Stage]:
@@ -100,13 +102,15 @@ def _inception_resnet_v2(variant: str) -> list[Stage]:
       _stage('ReductionA', B.ReductionA, k=256, l=256, m=384, n=384),
       _stage('InceptionResNetB', B.InceptionResNetB, repeat=1, grid=1),
       _stage('ReductionB', B.InceptionResNetReductionB),
-      _stage('InceptionResNetC', B.InceptionResNetC, repeat=2, grid=2),
   ]
-  if variant == 'slim':
-    # Slim's last block8 is linear with scale 1, followed by a 1x1 conv to 1536.
-    stages += [_stage('Block8', B.InceptionResNetC, scale=1.0, activation=False),
-               _stage('Conv2d_7b_1x1', ConvBN, spec=conv(1536))]
-  return stages
+  if variant == 'paper':
+    return stages + [_stage('InceptionResNetC', B.InceptionResNetC, repeat=2, grid=2)]
+  # Slim's 10 block8 count its last one, linear with scale 1 (its own stage here),
+  # followed by a 1x1 conv to 1536.
+  return stages + [
+      _stage('InceptionResNetC', B.InceptionResNetC, repeat=2, grid=2, held_apart=1),
+      _stage('Block8', B.InceptionResNetC, scale=1.0, activation=False),
+      _stage('Conv2d_7b_1x1', ConvBN, spec=conv(1536))]
 
 
 LAYOUTS = {'inception_v3': _inception_v3, 'inception_v4': _inception_v4,
@@ -115,12 +119,9 @@ LAYOUTS = {'inception_v3': _inception_v3, 'inception_v4': _inception_v4,
 DEFAULT_REPEATS = {
     ('inception_v4', 'paper'): (4, 7, 3), ('inception_v4', 'slim'): (4, 7, 3),
     ('inception_resnet_v1', 'paper'): (5, 10, 5), ('inception_resnet_v1', 'slim'): (5, 10, 5),
-    ('inception_resnet_v2', 'paper'): (5, 10, 5),
-    # Slim's 10 block8 count the final linear one, which is its own stage here.
-    ('inception_resnet_v2', 'slim'): (10, 20, 10),
+    ('inception_resnet_v2', 'paper'): (5, 10, 5), ('inception_resnet_v2', 'slim'): (10, 20, 10),
 }
 STEM_STRIDES = (1, 2)
-CPU_KERNELS = ('auto', 'eigen', 'ynnpack')
 
 
 def stem_has_pool_switch(arch: str, variant: str) -> bool:
@@ -139,7 +140,15 @@ class _Cell(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, _: Any = None) -> tuple[jax.Array, None]:
-    return self.block(**dict(self.fields), name='block')(x, self.train), None
+    return _apply_block(self.block(**dict(self.fields), name='block'), x, self.train), None
+
+
+def _apply_block(block: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+  y = block(x, train)
+  if isinstance(block, B.ResidualBlock):
+    # Where the kernel set may keep a residual block's output in a buffer of its own.
+    y = block.opts.kernels.block_output(y)
+  return y
 
 
 class Inception(nn.Module):
@@ -147,7 +156,8 @@ class Inception(nn.Module):
 
   Returns logits, and `(logits, aux_logits)` in training when `aux_logits` is set.
   The pre-pool feature map is sown as `intermediates/pre_pool` and each residual
-  block's branch/shortcut norm ratio as `.../residual_ratio`.
+  block's branch/shortcut norm ratio as `.../residual_ratio`. `kernels` names the
+  kernel set that computes it (`inception_jax.ops`; `create_model` resolves 'auto').
   """
   arch: str
   variant: str = 'slim'
@@ -159,60 +169,33 @@ class Inception(nn.Module):
   bn_scale: bool = False
   bn_momentum: float = 0.9997
   bn_epsilon: float = 1e-3
+  bn_group_size: int = 0
   aux_logits: bool = False
   dropout_rate: float = 0.2
   dtype: Any = jnp.float32
   scan_blocks: bool = False
   remat: bool = False
-  conv1x1_as_dot: bool = True
-  conv_backward_nhwc: bool | None = None  # None: on for XLA:CPU.
-  cpu_kernels: str = 'auto'  # XLA:CPU's conv/dot library, one of CPU_KERNELS.
+  kernels: str = 'reference'
+  cpu_conv_library: str = 'eigen'
   stem_stride: int = 2
   stem_pool: bool = True
+  avg_pool_include_pad: bool = False
 
   @property
-  def resolved_cpu_kernels(self) -> str | None:
-    """'eigen' or 'ynnpack' where XLA runs on CPU (`cpu_kernels` with 'auto' resolved), else None.
-
-    `auto` is Eigen: it runs the small-channel stem convs 2-3x faster than YNNPACK, and
-    scanned or not the network trains and infers faster with it (benchmarks/README.md
-    (g), (n)).
-    """
-    if jax.default_backend() != 'cpu':
-      return None
-    return 'eigen' if self.cpu_kernels == 'auto' else self.cpu_kernels
+  def kernel_set(self) -> ops.Reference:
+    return ops.get(self.kernels, self.cpu_conv_library)
 
   @property
   def compiler_options(self) -> dict[str, Any] | None:
     """The XLA options every jit of this network's steps is given (`jax.jit(compiler_options=)`)."""
-    kernels, options = self.resolved_cpu_kernels, {}
-    if kernels is not None and not self.scan_blocks:
-      # Keep `lax.optimization_barrier`s (XLA:CPU drops them before fusion, GPU/TPU keep
-      # them): each residual block's output is then computed once (blocks.ResidualBlock).
-      # A scan's carry is computed once anyway, and there the kept barrier costs time.
-      options['xla_disable_hlo_passes'] = 'cse_barrier_expander'
-    if kernels == 'eigen':
-      options['xla_cpu_experimental_ynn_fusion_type'] = ''  # No YNNPACK: XLA's Eigen kernels.
-    if kernels is not None and self.scan_blocks:
-      # XLA:CPU's older loop emitters compile a scanned step a quarter to a third faster for
-      # 3-10% of step time; unrolled they cost more than they save (benchmarks/README (h), (n)).
-      options['xla_cpu_use_fusion_emitters'] = False
-      # LLVM at -O2, not -O3: 0.6-1.3 s less compile, same step time (benchmarks/README (p)).
-      options['xla_backend_optimization_level'] = 2
-    return options or None
+    return self.kernel_set.compiler_options(self.scan_blocks)
 
   @property
   def layer_options(self) -> LayerOptions:
     """The options every layer of this network is built with."""
-    backward_nhwc = self.conv_backward_nhwc
-    if backward_nhwc is None:
-      # XLA:CPU runs jax's transposed convs on its generic convolution inside a scan's loop,
-      # and slowly with YNNPACK; outside loops with Eigen the written-out form runs as fast
-      # as its own (benchmarks/README.md (e), (p)). GPU/TPU: XLA's own.
-      backward_nhwc = self.resolved_cpu_kernels is not None
-    return LayerOptions(self.width_multiplier, self.bn_scale, self.bn_momentum,
-                        self.bn_epsilon, self.conv1x1_as_dot, jnp.dtype(self.dtype),
-                        backward_nhwc)
+    return LayerOptions(self.width_multiplier, self.bn_scale, self.bn_momentum, self.bn_epsilon,
+                        self.bn_group_size, jnp.dtype(self.dtype), self.kernel_set,
+                        self.avg_pool_include_pad)
 
   def stages(self) -> list[Stage]:
     """The table of this network with the options applied (repeats, scales, residual)."""
@@ -232,9 +215,7 @@ class Inception(nn.Module):
         fields['use_residual'] = self.use_residual
       elif issubclass(stage.block, B.ResidualBlock):  # slim's final linear block8
         fields['use_residual'] = self.use_residual
-      count = stage.count if stage.repeat is None else repeats[stage.repeat]
-      if self.arch == 'inception_resnet_v2' and self.variant == 'slim' and stage.grid == 2:
-        count -= 1  # The last block8 of the C stage is the separate linear 'Block8'.
+      count = stage.count if stage.repeat is None else repeats[stage.repeat] - stage.held_apart
       fields['opts'] = self.layer_options
       out.append(dataclasses.replace(stage, fields=tuple(sorted(fields.items())), count=count))
     return out
@@ -264,10 +245,11 @@ class Inception(nn.Module):
   def _apply_stage(self, stage: Stage, x: jax.Array, train: bool) -> jax.Array:
     fields = dict(stage.fields)
     if stage.repeat is None:  # A single block, as named in the table.
-      return self._maybe_remat(stage.block)(**fields, name=stage.name)(x, train)
+      return _apply_block(self._maybe_remat(stage.block)(**fields, name=stage.name), x, train)
     if not self.scan_blocks:
       for i in range(stage.count):
-        x = self._maybe_remat(stage.block)(**fields, name=f'{stage.name}_{i}')(x, train)
+        x = _apply_block(self._maybe_remat(stage.block)(**fields, name=f'{stage.name}_{i}'), x,
+                         train)
       return x
     if stage.count == 0:
       return x
@@ -317,7 +299,7 @@ def check_repeats(repeats: Sequence[int] | None, arch: str, variant: str) -> Non
     raise ValueError('repeats cannot be set for inception_v3: its blocks differ from one '
                      'another (Mixed_5b-7c); it applies to inception_v4 and the '
                      'inception_resnet networks')
-  minimum = 1 if (arch, variant) == ('inception_resnet_v2', 'slim') else 0
+  minimum = max(stage.held_apart for stage in LAYOUTS[arch](variant))
   if len(repeats) != 3 or any(int(r) != r or r < minimum for r in repeats):
     raise ValueError(f'repeats={tuple(repeats)} is invalid for {arch} ({variant}): give '
                      f'three integers >= {minimum}, the number of A, B and C blocks')

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from inception_jax.models import create_model
+from inception_jax.models import MIN_IMAGE_SIZE, create_model
 from inception_jax.models.networks import Inception
 
 
@@ -92,9 +92,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--no_stem_pool', action='store_true',
                       help="remove the stem's first max pool (v3 paper sec. 9)")
   args = parser.parse_args(argv)
-  model = create_model(args.model, num_classes=args.num_classes, variant=args.variant,
-                       width_multiplier=args.width_multiplier, bn_scale=args.bn_scale,
-                       stem_stride=args.stem_stride, stem_pool=not args.no_stem_pool)
+  try:
+    model = create_model(args.model, num_classes=args.num_classes, variant=args.variant,
+                         width_multiplier=args.width_multiplier, bn_scale=args.bn_scale,
+                         stem_stride=args.stem_stride, stem_pool=not args.no_stem_pool)
+    if args.image_size < MIN_IMAGE_SIZE:
+      raise ValueError(f'--image_size={args.image_size} is below the minimum of '
+                       f'{MIN_IMAGE_SIZE}')
+  except ValueError as e:
+    parser.error(str(e))
   print(f'{args.model} ({args.variant}), {args.image_size}x{args.image_size}, per image')
   print(format_table(stage_stats(model, args.image_size)))
 
