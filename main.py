@@ -7,6 +7,8 @@
 Re-running the same command on the same workdir resumes from its newest checkpoint.
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -31,7 +33,8 @@ def main(argv):
         config.distributed, heartbeat_timeout_s=config.distributed_heartbeat_timeout_s)
     import jax
     if config.compilation_cache_dir:
-      jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
+      jax.config.update('jax_compilation_cache_dir',
+                        os.path.expanduser(config.compilation_cache_dir))
     from inception_jax import train
     logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                  jax.process_count(), jax.local_devices())

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -80,9 +79,3 @@ def emit(records: Sequence[dict[str, Any]], as_json: bool, table: Callable[..., 
   if out:
     with open(out, 'a') as f:
       f.writelines(json.dumps(r) + '\n' for r in records)
-
-
-def fail(prog: str, message: str) -> None:
-  """argparse's way out: one line on stderr, exit status 2."""
-  sys.stderr.write(f'{prog}: error: {message}\n')
-  raise SystemExit(2)

@@ -9,7 +9,7 @@
 Every option that takes a comma-separated list is swept (all combinations), and each
 setting runs in a fresh process of its own, on one device, so that compile caches and
 peak memory do not carry over from one setting to the next. The train step is the real
-one (`inception_jax.train.train_step`: loss with label smoothing and L2, clipped TF-form
+one (`inception_jax.steps.train_step`: loss with label smoothing and L2, clipped TF-form
 RMSProp, parameter EMA) on a fixed random batch: input pipeline time is not included.
 """
 
@@ -80,7 +80,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   import jax.numpy as jnp
   import numpy as np
   from configs import default
-  from inception_jax import optim, train
+  from inception_jax import optim, steps
 
   rss_after_import = _peak_rss_mb()
   config = default.imagenet(default.get_config(), setting.model)
@@ -95,12 +95,13 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   config.model.repeats = args.repeats or ()
   config.image_size = setting.image_size
   config.batch_size = setting.batch
-  model = train.create_model_from_config(config, args.num_classes)
+  config.model.bn_group_size = 0  # The statistics of the batch: any batch size, as timm's.
+  model = steps.create_model_from_config(config, args.num_classes)
   tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch=1000))
   # XLA's RngBitGenerator compiles ~3x faster than threefry for the hundreds of initializers
   # of the full networks (unrolled IR-v2: 31 s vs 85 s here); the values do not matter.
   with jax.default_prng_impl('unsafe_rbg'):
-    state = jax.jit(functools.partial(train.create_train_state, model, config, tx))()
+    state = jax.jit(functools.partial(steps.create_train_state, model, config, tx))()
   rng = np.random.RandomState(0)
   batch = {
       'image': jnp.asarray(rng.uniform(-1, 1, (setting.batch, setting.image_size,
@@ -108,7 +109,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
       'label': jnp.asarray(rng.randint(0, args.num_classes, setting.batch), jnp.int32)}
   num_params = sum(p.size for p in jax.tree.leaves(state.params))
 
-  step_fn = functools.partial(train.train_step, model=model, config=config, tx=tx)
+  step_fn = functools.partial(steps.train_step, model=model, config=config, tx=tx)
   start = time.perf_counter()
   lowered = jax.jit(step_fn, donate_argnums=(0,),
                     compiler_options=model.compiler_options).lower(state, batch)
@@ -149,9 +150,9 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   # with the same useful work: XLA counts a scanned body once and remat's recompute extra.
   plain_model = model.clone(scan_blocks=False, remat=False)
   plain_state = jax.eval_shape(functools.partial(
-      train.create_train_state, plain_model, config, tx))
+      steps.create_train_state, plain_model, config, tx))
   if setting.scan_blocks or setting.remat:
-    train_flops = _flops(functools.partial(train.train_step, model=plain_model, config=config,
+    train_flops = _flops(functools.partial(steps.train_step, model=plain_model, config=config,
                                            tx=tx), plain_state, batch)
   else:  # Already plain: lowering it again would only cost time.
     train_flops = float((lowered.cost_analysis() or {}).get('flops', 0.0))

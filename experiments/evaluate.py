@@ -20,7 +20,12 @@ EMA weights under --ema. Converted weights (`--weights=DIR`) are `DIR/model.json
 "label_offset": 1 for a 1001-class head with background, optional "image_size"}`)
 and `DIR/variables/` (see `checkpointing.save_variables`); --ema does not apply to
 them (released checkpoints hold averaged weights already).
-Evaluation runs in one process, on all of its devices.
+
+The examples are split over every device of every process, as training's batches are
+(start the same command on every host; `--distributed` as main.py's
+`config.distributed`): each process reads its part of the split, keeps the softmax
+of its own examples, and the processes add up their counts of examples and of top-1
+and top-5 mistakes, so the errors are exactly those of one process reading it all.
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections
 import numpy as np
 from absl import app, flags
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
 
 from configs import default
 from experiments import runs
-from inception_jax import checkpointing, cli, convert, parallel, train
+from inception_jax import checkpointing, cli, convert, parallel, steps
 from inception_jax import metrics as metrics_lib
-from inception_jax.data import input_pipeline, preprocessing
+from inception_jax.data import augment, input_pipeline, preprocessing
 from inception_jax.models import Inception
 
 CONVERTED_IMAGE_SIZE = 299  # Every released Inception checkpoint.
@@ -92,8 +99,8 @@ def load_run(workdir: str, num_classes: int, mesh, *, ema: bool = False) -> Memb
     step = checkpoints.latest_step()
   if step is None:
     raise ValueError(f'{workdir} holds no checkpoint (looked in {directory})')
-  model = train.create_model_from_config(config, num_classes)
-  template = _replicated_template(lambda: train.initial_variables(model, config), mesh)
+  model = steps.create_model_from_config(config, num_classes)
+  template = _replicated_template(lambda: steps.initial_variables(model, config), mesh)
   template = {'params': template['params'], 'batch_stats': template.get('batch_stats', {}),
               'ema_params': template['params']}
   restored = checkpoints.restore_subset(template, step)
@@ -105,8 +112,8 @@ def load_run(workdir: str, num_classes: int, mesh, *, ema: bool = False) -> Memb
 
 def load_weights(directory: str, mesh) -> Member:
   """Converted weights (`python -m inception_jax.convert`): DIR/model.json, DIR/variables/."""
-  model, variables, meta = convert.load_converted(directory)
-  return Member(directory, model, jax.device_put(variables, parallel.replicated(mesh)),
+  model, variables, meta = convert.load_converted(directory, parallel.replicated(mesh))
+  return Member(directory, model, variables,
                 meta.get('image_size', CONVERTED_IMAGE_SIZE),
                 label_offset=meta.get('label_offset', 0))
 
@@ -142,21 +149,24 @@ def predict(member: Member, config: ml_collections.ConfigDict, num_classes: int,
   """
   preprocessing.check_crops(crops)
   _check_head(member, num_classes)
-  num_devices = mesh.devices.size
-  batch_size = -(-batch_size // num_devices) * num_devices
+  # Views per forward pass of this process: a multiple of its devices, as is the global
+  # chunk of every process together.
+  local_devices = mesh.devices.size // jax.process_count()
+  local_views = -(-batch_size // mesh.devices.size) * local_devices
   config = config.copy_and_resolve_references()
   config.image_size, config.eval_crop_fraction = member.image_size, member.crop_fraction
   batches = input_pipeline.create_multicrop_eval_iterator(
-      config, crops=crops, local_batch_size=max(1, batch_size // crops),
-      process_index=0, process_count=1)
+      config, crops=crops, local_batch_size=max(1, local_views // crops))
 
   apply = _probabilities_fn(member.model, member.label_offset, num_classes, mesh)
   all_probs, all_labels = [], []
   for batch in batches:
     views = batch['image'].reshape((-1,) + batch['image'].shape[2:])
-    chunks = [np.asarray(apply(member.variables, chunk))
-              for chunk in _padded_chunks(views, batch_size)]
-    probs = np.concatenate(chunks)[:len(views)].reshape(len(batch['label']), crops, -1)
+    chunks = [multihost_utils.global_array_to_host_local_array(
+        apply(member.variables, parallel.to_global({'image': chunk}, mesh)['image']),
+        mesh, P('data')) for chunk in _padded_chunks(views, local_views)]
+    probs = np.concatenate([np.asarray(c) for c in chunks])[:len(views)]
+    probs = probs.reshape(len(batch['label']), crops, -1)
     keep = batch['mask'] > 0
     all_probs.append(probs.mean(axis=1)[keep])
     all_labels.append(batch['label'][keep])
@@ -167,12 +177,14 @@ def predict(member: Member, config: ml_collections.ConfigDict, num_classes: int,
 def _probabilities_fn(model: Inception, label_offset: int, num_classes: int, mesh):
   """Jitted (variables, views) -> softmax over the dataset's classes; one per model."""
   def probabilities(variables, images):
+    images = augment.to_signed_unit_range(images, model.dtype)
     logits = model.apply(variables, images, train=False)
     return jax.nn.softmax(logits[:, label_offset:label_offset + num_classes])
 
   return jax.jit(probabilities, in_shardings=(parallel.replicated(mesh),
                                               parallel.batch_sharded(mesh)),
-                 out_shardings=parallel.replicated(mesh), compiler_options=model.compiler_options)
+                 out_shardings=parallel.batch_sharded(mesh),
+                 compiler_options=model.compiler_options)
 
 
 def _check_head(member: Member, num_classes: int) -> None:
@@ -194,8 +206,18 @@ def _padded_chunks(views: np.ndarray, size: int) -> Iterable[np.ndarray]:
 
 
 def errors(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Top-1 and top-5 error over this process's examples and every other process's.
+
+  Counts, not means, are added up across the processes: the errors are exact.
+  """
   per_example = metrics_lib.classification_metrics(probs, labels)
-  return {name: float(np.mean(value)) for name, value in per_example.items()}
+  counts = np.array([len(labels)] + [int(np.sum(per_example[k]))
+                                     for k in ('top1_error', 'top5_error')], np.int32)
+  if jax.process_count() > 1:
+    counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, 3).sum(axis=0)
+  total, top1, top5 = (int(c) for c in counts)
+  return {'num_examples': total, 'top1_error': top1 / max(total, 1),
+          'top5_error': top5 / max(total, 1)}
 
 
 def evaluate(members: Sequence[Member], config: ml_collections.ConfigDict, mesh, *,
@@ -214,11 +236,11 @@ def evaluate(members: Sequence[Member], config: ml_collections.ConfigDict, mesh,
       raise ValueError(f'{member.name} read other examples than {members[0].name}')
     labels = member_labels
     ensemble = probs if ensemble is None else ensemble + probs
-    results.append({'name': member.name, 'image_size': member.image_size, **errors(probs, labels),
-                    'images_per_sec': len(labels) / seconds})
+    member_errors = errors(probs, labels)
+    results.append({'name': member.name, 'image_size': member.image_size, **member_errors,
+                    'images_per_sec': member_errors['num_examples'] / seconds})
   return {'dataset': config.dataset, 'split': config.eval_split, 'crops': crops,
-          'num_examples': len(labels), **errors(ensemble / len(members), labels),
-          'models': results}
+          **errors(ensemble / len(members), labels), 'models': results}
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -247,6 +269,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer('num_examples', 0, 'Only the first N examples of the split (0: all).')
   flags.DEFINE_integer('batch_size', 64, 'Views per forward pass (bounds the memory).')
   flags.DEFINE_string('json', '', 'Also write the results to this JSON file.')
+  flags.DEFINE_string('distributed', 'auto', 'jax.distributed.initialize: auto, true or '
+                      "false (as main.py's config.distributed).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -254,6 +278,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   args = flags.FLAGS
   try:
+    parallel.maybe_initialize_distributed(args.distributed)
     if not args.workdirs and not args.weights:
       raise ValueError('nothing to evaluate: give --workdir(s) and/or --weights')
     preprocessing.check_crops(args.crops)
@@ -261,10 +286,12 @@ def main(argv: Sequence[str]) -> None:
                          dataset=args.dataset, data_dir=args.data_dir, split=args.split,
                          num_examples=args.num_examples)
     num_classes = input_pipeline.get_dataset_info(config).num_classes
-    mesh = parallel.create_mesh(jax.local_devices())
+    mesh = parallel.create_mesh()
     members = [load_run(w, num_classes, mesh, ema=args.ema) for w in args.workdirs]
     members += [load_weights(w, mesh) for w in args.weights]
     results = evaluate(members, config, mesh, crops=args.crops, batch_size=args.batch_size)
+    if jax.process_index() > 0:  # Every process holds the same results; one reports.
+      return
     print(format_results(results))
     if args.json:
       with open(args.json, 'w') as f:

@@ -6,15 +6,20 @@
 One panel per metric. For a bare metric name, each run's evaluation curve (solid) and
 training curve (dashed; the mean over the steps between two logs) share a colour; a
 full key such as `eval/ema_top1_error` is drawn as named. Runs are labelled by how
-their configs differ. Arguments are run directories or directories of runs. The
-"steps to X% top-1 accuracy" table of the runs is printed (see --targets).
+their configs differ. Runs that differ only in their seed are one arm: its mean curve,
+with a band from the lowest to the highest seed (`--band=minmax`) or one standard
+deviation either side (`--band=std`), over the steps that all its runs logged.
+Arguments are run directories or directories of runs. The "steps to X% top-1 accuracy"
+table of the runs is printed (see --targets).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Sequence
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import runs as runs_lib
@@ -23,6 +28,21 @@ from inception_jax import cli
 
 SPLITS = {'eval': '-', 'train': '--'}  # Line style of each split.
 X_AXES = ('step', 'epoch')
+BANDS = ('minmax', 'std')
+
+
+def arm_series(arm: runs_lib.Arm, key: str, band: str = 'minmax'
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """(steps, mean, low, high) of `key` over the arm's runs, at the steps all of them logged."""
+  series = [run.series(key) for run in arm.runs]
+  steps = functools.reduce(np.intersect1d, [s for s, _ in series])
+  values = np.stack([v[np.isin(s, steps)] for s, v in series]) if steps.size else np.zeros(
+      (len(series), 0))
+  mean = values.mean(axis=0)
+  if band == 'std':
+    spread = values.std(axis=0)
+    return steps, mean, mean - spread, mean + spread
+  return steps, mean, values.min(axis=0), values.max(axis=0)
 
 
 def _keys(metric: str) -> list[tuple[str, str]]:
@@ -33,27 +53,38 @@ def _keys(metric: str) -> list[tuple[str, str]]:
 
 
 def plot(runs: Sequence[runs_lib.Run], metrics: Sequence[str], out: str,
-         x: str = 'step') -> Figure:
+         x: str = 'step', band: str = 'minmax') -> Figure:
   """Draws `metrics` (one panel each) of `runs` and saves the figure to `out`."""
   if x not in X_AXES:
     raise ValueError(f'--x={x!r} is invalid; valid: {", ".join(X_AXES)}')
+  if band not in BANDS:
+    raise ValueError(f'--band={band!r} is invalid; valid: {", ".join(BANDS)}')
   fig = Figure(figsize=(6 * len(metrics), 5.5), layout='constrained')
   axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-  labels = runs_lib.labels(list(runs))
+  arms = runs_lib.arms(list(runs))
+  if all(len(a.runs) == 1 for a in arms):  # One seed each: every run on its own.
+    arms = [runs_lib.Arm(label, [run]) for run, label in zip(runs, runs_lib.labels(list(runs)))]
   drawn = False
   for ax, metric in zip(axes, metrics):
     percent = metric.endswith(('_error', '_accuracy'))
-    for i, (run, label) in enumerate(zip(runs, labels)):
+    scale = 100 if percent else 1
+    for i, arm in enumerate(arms):
+      seeds = f', {len(arm.runs)} seeds' if len(arm.runs) > 1 else ''
       for key, style in _keys(metric):
-        steps, values = run.series(key)
+        steps, mean, low, high = arm_series(arm, key, band)
         if not steps.size:
           continue
-        xs = steps / run.steps_per_epoch if x == 'epoch' else steps
-        ax.plot(xs, 100 * values if percent else values, style, color=f'C{i}',
-                linewidth=1.0 if style == '-' else 0.8, label=f'{label} ({key.split("/")[0]})')
+        xs = steps / arm.runs[0].steps_per_epoch if x == 'epoch' else steps
+        ax.plot(xs, scale * mean, style, color=f'C{i}', linewidth=1.0 if style == '-' else 0.8,
+                label=f'{arm.label} ({key.split("/")[0]}{seeds})')
+        if len(arm.runs) > 1 and style == '-':
+          ax.fill_between(xs, scale * low, scale * high, color=f'C{i}', alpha=0.2, linewidth=0)
         drawn = True
     ax.set_xlabel(x)
     ax.set_ylabel(f'{metric} (%)' if percent else metric)
+    if any(len(a.runs) > 1 for a in arms):
+      ax.set_title('mean over seeds; band: ' + ('lowest to highest seed' if band == 'minmax'
+                                                else 'one standard deviation'), fontsize='small')
     ax.grid(alpha=0.3)
   if not drawn:
     raise ValueError(f'none of the runs logged {", ".join(metrics)}')
@@ -73,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--metric', default='top1_error',
                       help='Comma-separated metrics, e.g. top1_error,top5_error,loss.')
   parser.add_argument('--x', default='step', choices=X_AXES)
+  parser.add_argument('--band', default='minmax', choices=BANDS,
+                      help='Band of an arm of several seeds: minmax or std (one deviation).')
   parser.add_argument('--out', default='curves.png')
   parser.add_argument('--targets', default='0.5',
                       help='Top-1 accuracies of the "steps to X%%" table, e.g. 0.5,0.7.')
@@ -80,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     runs = runs_lib.find_runs(args.runs)
     targets = summarize.parse_targets(args.targets)
-    plot(runs, [m for m in args.metric.split(',') if m], args.out, args.x)
+    plot(runs, [m for m in args.metric.split(',') if m], args.out, args.x, args.band)
   except cli.USER_ERRORS as e:
     parser.error(str(e))
   rows = summarize.summary_rows(runs, targets, cost=False)

@@ -191,11 +191,11 @@ def flatten(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def differences(runs: list[Run]) -> list[dict[str, Any]]:
-  """Per run, the config values that are not the same in all `runs`."""
+def differences(runs: list[Run], ignore: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+  """Per run, the config values that are not the same in all `runs` (but `ignore`d keys)."""
   flat = [flatten(r.config) for r in runs]
   keys = sorted(set().union(*flat)) if flat else []
-  varying = [k for k in keys if k not in INCIDENTAL_KEYS
+  varying = [k for k in keys if k not in INCIDENTAL_KEYS + ignore
              and len({json.dumps(f.get(k)) for f in flat}) > 1]
   return [{k: f.get(k) for k in varying} for f in flat]
 
@@ -207,13 +207,41 @@ def format_value(value: Any) -> str:
   return str(value)
 
 
-def labels(runs: list[Run]) -> list[str]:
+def labels(runs: list[Run], ignore: tuple[str, ...] = ()) -> list[str]:
   """A legend label per run: its config differences ('name=inception_v4, ...').
 
   Falls back to directory names where the configs do not tell runs apart.
   """
   out = [', '.join(f'{k.removeprefix("model.")}={format_value(v)}' for k, v in d.items())
-         for d in differences(runs)]
+         for d in differences(runs, ignore)]
   if len(set(out)) < len(out) or not all(out):
     return [r.name for r in runs]
   return out
+
+
+@dataclasses.dataclass
+class Arm:
+  """The runs of one setting that differ only in `seed`: one arm of a comparison."""
+  label: str
+  runs: list[Run]
+
+  @property
+  def seeds(self) -> list[int]:
+    return [int(r.config.get('seed', 0)) for r in self.runs]
+
+
+SEED_KEY = 'seed'
+
+
+def arms(runs: list[Run]) -> list[Arm]:
+  """`runs` grouped by their configs apart from the seed, in order of first appearance."""
+  groups: dict[str, list[Run]] = {}
+  for run in runs:
+    rest = {k: v for k, v in flatten(run.config).items()
+            if k != SEED_KEY and k not in INCIDENTAL_KEYS}
+    groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(run)
+  members = list(groups.values())
+  if len(members) == 1:
+    return [Arm('all runs', members[0])]
+  return [Arm(name, m) for name, m in zip(labels([m[0] for m in members], (SEED_KEY,)),
+                                          members)]

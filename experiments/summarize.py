@@ -12,6 +12,13 @@ those of the network the run's config builds: one image at the run's image size,
 forward, without the auxiliary head, a multiply-add counted as 2 FLOPs. A run whose
 last layer before the average pool went all zero is marked DIED (paper sec. 3.3).
 The markdown table goes to stdout; --csv writes the same rows with raw values.
+
+Runs that differ only in their seed form an arm. With several seeds per arm, a second
+table gives each arm's n, mean and standard deviation (over seeds, n - 1 in the
+denominator) of the errors and of the steps to each target, and a third compares each
+arm with the first, paired by seed: the mean of the per-seed differences with a 95%
+bootstrap interval (the seeds resampled 10,000 times). An interval that contains 0 says
+the seeds do not tell the arms apart.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import csv
 import functools
 import json
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from experiments import runs as runs_lib
 from inception_jax import cli
@@ -106,6 +115,87 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
     writer.writerows(rows)
 
 
+ERRORS = ('top-1 final', 'top-1 best', 'top-5 final', 'top-5 best')
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def arm_rows(arms: Sequence[runs_lib.Arm], rows_by_run: dict[str, dict[str, Any]],
+             targets: Sequence[float]) -> list[dict[str, Any]]:
+  """Per arm: n, seeds, and (mean, std) of each error and steps-to-target over its seeds."""
+  out = []
+  for arm in arms:
+    rows = [rows_by_run[r.workdir] for r in arm.runs]
+    row = {'arm': arm.label, 'n': len(rows), 'seeds': arm.seeds}
+    for column in ERRORS:
+      values = [r[column] for r in rows if r[column] is not None]
+      row[column] = _mean_std(values) if values else None
+    for accuracy in targets:
+      reached = [r[target_column(accuracy)] for r in rows
+                 if r[target_column(accuracy)] is not None]
+      row[target_column(accuracy)] = (_mean_std(reached) if reached else None, len(reached))
+    out.append(row)
+  return out
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> tuple[float, float, float]:
+  """Mean of a - b over the pairs, with a 95% percentile-bootstrap interval."""
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  picks = np.random.default_rng(seed).integers(0, d.size, (resamples, d.size))
+  means = d[picks].mean(axis=1)
+  return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def comparisons(arms: Sequence[runs_lib.Arm], rows_by_run: dict[str, dict[str, Any]],
+                columns: Sequence[str]) -> list[dict[str, Any]]:
+  """Each arm against the first, paired by seed, for each of `columns` both arms have."""
+  out = []
+  base = {s: rows_by_run[r.workdir] for s, r in zip(arms[0].seeds, arms[0].runs)}
+  for arm in arms[1:]:
+    other = {s: rows_by_run[r.workdir] for s, r in zip(arm.seeds, arm.runs)}
+    seeds = sorted(set(base) & set(other))
+    for column in columns:
+      pairs = [(other[s][column], base[s][column]) for s in seeds
+               if other[s][column] is not None and base[s][column] is not None]
+      if len(pairs) < 2:
+        continue
+      mean, low, high = paired_difference(*zip(*pairs))
+      out.append({'arm': arm.label, 'minus': arms[0].label, 'metric': column,
+                  'pairs': len(pairs), 'difference': mean, 'low': low, 'high': high})
+  return out
+
+
+def format_arms(rows: Sequence[dict[str, Any]], comparisons_: Sequence[dict[str, Any]]) -> str:
+  """The arm table (errors in %, mean ± std) and the paired comparisons."""
+  def cell(column, value):
+    if value is None:
+      return '-'
+    if column.startswith('top-'):
+      return f'{100 * value[0]:.1f} ± {100 * value[1]:.1f}'
+    if column.startswith('steps to'):
+      stats, reached = value
+      return '-' if stats is None else f'{stats[0]:.0f} ± {stats[1]:.0f} ({reached} reached)'
+    return ', '.join(map(str, value)) if isinstance(value, list) else str(value)
+  columns = list(rows[0])
+  header = [f'{c} err. %' if c.startswith('top-') else c for c in columns]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(cell(c, r[c]) for c in columns) + ' |' for r in rows]
+  if comparisons_:
+    lines += ['', '| arm | minus | metric | pairs | mean difference | 95% bootstrap interval |',
+              '|---|---|---|---|---|---|']
+    for c in comparisons_:
+      scale, unit = (100, ' pt') if c['metric'].startswith('top-') else (1, ' steps')
+      lines.append(f'| {c["arm"]} | {c["minus"]} | {c["metric"]} | {c["pairs"]} | '
+                   f'{scale * c["difference"]:+.1f}{unit} | [{scale * c["low"]:+.1f}, '
+                   f'{scale * c["high"]:+.1f}] |')
+  return '\n'.join(lines)
+
+
 def parse_targets(text: str) -> list[float]:
   """'0.5,0.7' -> [0.5, 0.7]; each an accuracy in (0, 1]."""
   try:
@@ -128,11 +218,17 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--no_cost', action='store_true', help='Skip params and FLOPs.')
   args = parser.parse_args(argv)
   try:
-    rows = summary_rows(runs_lib.find_runs(args.runs), parse_targets(args.targets),
-                        ema=args.ema, cost=not args.no_cost)
+    runs, targets = runs_lib.find_runs(args.runs), parse_targets(args.targets)
+    rows = summary_rows(runs, targets, ema=args.ema, cost=not args.no_cost)
     print(format_markdown(rows))
     if args.csv:
       write_csv(rows, args.csv)
+    arms = runs_lib.arms(runs)
+    if any(len(a.runs) > 1 for a in arms):
+      by_run = {run.workdir: row for run, row in zip(runs, rows)}
+      columns = ['top-1 final', 'top-1 best'] + [target_column(t) for t in targets]
+      print()
+      print(format_arms(arm_rows(arms, by_run, targets), comparisons(arms, by_run, columns)))
   except cli.USER_ERRORS as e:
     parser.error(str(e))
 

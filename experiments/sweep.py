@@ -15,6 +15,9 @@ the same file), and `sweep()`, a list of dicts of dotted overrides such as
     # Only trial i (default: $SLURM_ARRAY_TASK_ID), so a SLURM array runs the sweep:
     sbatch --array=0-3 --wrap='python -m experiments.sweep \
         --config=configs/sweeps/residual_scale.py --workdir=runs/rs'
+    # Four trials at once on one multi-GPU (or TPU) host, each pinned to its own device:
+    python -m experiments.sweep --config=configs/sweeps/residual_scale.py --workdir=runs/rs \
+        --parallel=4
 
 `--config.key=value` flags apply to every trial. A trial runs as its own `main.py`
 process, not in this one: the command that runs locally is the one printed for a
@@ -31,8 +34,10 @@ import importlib.util
 import os
 import re
 import shlex
+import queue
 import subprocess
 import sys
+from concurrent import futures
 from typing import Any, Sequence
 
 import ml_collections
@@ -40,7 +45,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import runs
-from inception_jax import cli, validation
+from inception_jax import cli, hugepages, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'main.py')
@@ -54,6 +59,13 @@ flags.DEFINE_string('workdir', None, 'Directory holding one sub-directory per tr
 flags.DEFINE_bool('print_commands', False, 'Print one main.py command per trial; run none.')
 flags.DEFINE_integer('trial_index', None,
                      'Run only this trial (0-based); default $SLURM_ARRAY_TASK_ID, else all.')
+flags.DEFINE_integer('parallel', 1, 'Trials run at once, each on its own device (slot).',
+                     lower_bound=1)
+flags.DEFINE_enum('pin', 'auto', ['auto', 'gpu', 'tpu', 'none'],
+                  'How a trial is pinned to its slot: CUDA_VISIBLE_DEVICES (gpu), one TPU chip '
+                  '(tpu), nothing (none: on CPU the trials share the cores); auto: by the '
+                  "host's device nodes.")
+TPU_PORT = 8476  # libtpu's default mesh-controller port; slot k uses TPU_PORT + k.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,15 +177,36 @@ def is_finished(trial: Trial) -> bool:
           and runs.is_finished(trial.workdir, trial.config.to_dict()))
 
 
-def run_trial(trial: Trial, cmd: Sequence[str]) -> str:
-  """Runs (or resumes) `trial` unless finished; returns its status."""
+def device_env(slot: int, pin: str) -> dict[str, str]:
+  """The environment that gives a trial device `slot` alone ('gpu', 'tpu') or nothing.
+
+  One TPU chip per process is libtpu's single-chip topology with its own port, so that
+  several processes share one TPU VM.
+  """
+  if pin == 'gpu':
+    return {'CUDA_VISIBLE_DEVICES': str(slot)}
+  if pin == 'tpu':
+    port = str(TPU_PORT + slot)
+    return {'TPU_VISIBLE_CHIPS': str(slot), 'TPU_CHIPS_PER_PROCESS_BOUNDS': '1,1,1',
+            'TPU_PROCESS_BOUNDS': '1,1,1', 'TPU_PROCESS_PORT': port,
+            'TPU_MESH_CONTROLLER_ADDRESS': f'localhost:{port}',
+            'TPU_MESH_CONTROLLER_PORT': port}
+  return {}
+
+
+def run_trial(trial: Trial, cmd: Sequence[str], env: dict[str, str] | None = None) -> str:
+  """Runs (or resumes) `trial` unless finished, with `env` added; returns its status."""
   if is_finished(trial):
     return 'finished before, skipped'
   os.makedirs(trial.workdir, exist_ok=True)
   log = os.path.join(trial.workdir, LOG_FILE)
-  logging.info('Trial %d: %s (log: %s)', trial.index, trial.name, log)
+  env = env or {}
+  logging.info('Trial %d: %s (log: %s) %s', trial.index, trial.name, log, env or '')
   with open(log, 'a') as f:
-    rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
+    f.write(f'# {shlex.join(f"{k}={v}" for k, v in env.items())} {shlex.join(cmd)}\n')
+    f.flush()
+    rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+                        env={**os.environ, **env}).returncode
   if rc:
     return f'FAILED (exit {rc}, see {log})'
   died = runs.Run.load(trial.workdir).died_at
@@ -187,6 +220,29 @@ def select(trials: list[Trial], index: int | str | None) -> list[Trial]:
     raise ValueError(f'trial_index={index!r} is invalid: this sweep has {len(trials)} trials, '
                      f'0-{len(trials) - 1}')
   return [trials[int(index)]]
+
+
+def run_all(trials: list[Trial], spec: str, shared: dict[str, Any], parallel: int,
+            pin: str) -> list[tuple[Trial, str]]:
+  """Runs the trials, `parallel` at a time, each on a free device slot 0..parallel-1."""
+  if parallel == 1:
+    return [(t, run_trial(t, command(t, spec, shared))) for t in trials]
+  pin = (hugepages.accelerator_kind() or 'none') if pin == 'auto' else pin
+  # A pinned trial is one process with its own devices, never part of a cluster.
+  shared = {'distributed': 'false', **shared}
+  slots: queue.Queue[int] = queue.Queue()
+  for slot in range(parallel):
+    slots.put(slot)
+
+  def on_a_slot(trial: Trial) -> str:
+    slot = slots.get()
+    try:
+      return run_trial(trial, command(trial, spec, shared), device_env(slot, pin))
+    finally:
+      slots.put(slot)
+
+  with futures.ThreadPoolExecutor(parallel) as pool:
+    return list(zip(trials, pool.map(on_a_slot, trials)))
 
 
 def main(argv: Sequence[str]) -> None:
@@ -209,7 +265,7 @@ def main(argv: Sequence[str]) -> None:
     for trial in selected:
       print(shlex.join(command(trial, spec, shared)))
     return
-  statuses = [(t, run_trial(t, command(t, spec, shared))) for t in selected]
+  statuses = run_all(selected, spec, shared, FLAGS.parallel, FLAGS.pin)
   for trial, status in statuses:
     print(f'[{trial.index}] {trial.name}: {status}')
   if any(s.startswith('FAILED') for _, s in statuses):

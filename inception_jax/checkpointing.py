@@ -46,7 +46,8 @@ class RunCheckpoints:
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(1, every_steps), max_to_keep=max_to_keep, create=True,
         cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._open = lambda: ocp.CheckpointManager(self.directory, options=options)
+    self._manager = self._open()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -57,6 +58,38 @@ class RunCheckpoints:
   def restore(self, template: Any, step: int | None = None) -> Any:
     """Restores `step` (default: the newest complete one) into the structure of `template`."""
     return self._restore(step, ocp.args.StandardRestore(_abstract(template)))
+
+  def restore_newest_readable(self, template: Any) -> Any:
+    """The newest checkpoint that restores; an unreadable newer one is moved aside.
+
+    A directory that does not restore (cut short by a disk, a foreign copy) is renamed
+    to `<step>.unreadable`, kept for the user to look at, with a warning naming it, so
+    that the run continues from the newest good checkpoint and later saves are not
+    shadowed by the bad step. With no readable checkpoint nothing is moved and the
+    newest one's error is raised.
+    """
+    moved, first_error = [], None
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state = self.restore(template, step)
+      except CheckpointError as e:
+        first_error = first_error or e
+        path = os.path.join(self.directory, str(step))
+        os.rename(path, path + '.unreadable')  # Out of orbax's sight: it reads every step.
+        # A fresh manager: one that tried the foreign directory keeps its guess of the items.
+        self._manager.close()
+        self._manager = self._open()
+        moved.append((path, e))
+        continue
+      for path, error in moved:
+        logging.warning('Checkpoint %s is unreadable (%s); moved to %s.unreadable, resuming '
+                        'from step %d.', path, error, path, step)
+      return state
+    for path, _ in moved:
+      os.rename(path + '.unreadable', path)
+    self._manager.close()
+    self._manager = self._open()
+    raise first_error
 
   def restore_subset(self, template: Any, step: int | None = None) -> Any:
     """Restores only the top-level entries of `template` that it names.

@@ -25,7 +25,15 @@ TUNABLE = 'glibc.malloc.hugetlb'
 THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
 MIN_GLIBC = (2, 35)
 # Device nodes of NVIDIA and AMD GPUs and of TPU VMs (v4 and v5p: accel; v5e and v6e: vfio).
-ACCELERATOR_DEVICES = ('/dev/nvidia[0-9]*', '/dev/kfd', '/dev/accel[0-9]*', '/dev/vfio/[0-9]*')
+DEVICE_NODES = {'gpu': ('/dev/nvidia[0-9]*', '/dev/kfd'),
+                'tpu': ('/dev/accel[0-9]*', '/dev/vfio/[0-9]*')}
+ACCELERATOR_DEVICES = DEVICE_NODES['gpu'] + DEVICE_NODES['tpu']
+
+
+def accelerator_kind(nodes: Mapping[str, tuple[str, ...]] = DEVICE_NODES) -> str | None:
+  """'gpu' or 'tpu' by the device nodes on this host, or None (CPU only)."""
+  return next((kind for kind, patterns in nodes.items()
+               if any(glob.glob(p) for p in patterns)), None)
 
 
 def _glibc_version() -> tuple[int, ...] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -67,27 +67,27 @@ def maybe_initialize_distributed(mode: str | bool, timeout_s: int = 300,
 COMPILE_BARRIER_TIMEOUT_S = 30 * 60  # The slowest host's compile of a full network.
 
 
-def compile_then_sync(jitted: Any, name: str) -> Callable[..., Any]:
-  """`jitted`, compiled at its first call; then every process waits for the others.
+def compile_and_sync(jitted: Any, name: str, *args: Any) -> tuple[Any, Any]:
+  """(lowered, compiled) `jitted` for `args` (arrays or shape structs); then every process
+  waits for the others.
 
   CPU collectives (gloo) give a peer 30 s to join a computation's first collective:
   processes that compile at different speeds (a loaded host) fail there, and a device
   collective as the barrier (`multihost_utils.sync_global_devices`) fails the same way
   (a 50 s skew: "Gloo context initialization failed: DEADLINE_EXCEEDED"). The
   coordination service's barrier has no such window. GPU and TPU collectives wait for
-  their peers; there, and with one process, `jitted` itself.
+  their peers, and one process has none to wait for: no barrier there.
   """
-  if jax.process_count() == 1 or jax.devices()[0].platform != 'cpu':
-    return jitted
-  compiled = None
+  lowered = jitted.lower(*args)
+  compiled = lowered.compile()
+  if jax.process_count() > 1 and jax.devices()[0].platform == 'cpu':
+    checkpointing.wait_for_processes(f'compiled_{name}', COMPILE_BARRIER_TIMEOUT_S)
+  return lowered, compiled
 
-  def call(*args):
-    nonlocal compiled
-    if compiled is None:
-      compiled = jitted.lower(*args).compile()
-      checkpointing.wait_for_processes(f'compiled_{name}', COMPILE_BARRIER_TIMEOUT_S)
-    return compiled(*args)
-  return call
+
+def abstract(tree: Any, sharding: NamedSharding) -> Any:
+  """Shape structs of `tree` (arrays or structs) placed with `sharding`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def create_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -1,8 +1,8 @@
-"""Training and evaluation: the train state, pure jitted steps, and the loop.
+"""The training loop: restore or start, feed the devices, step, log, evaluate, save.
 
-Everything a step depends on lives in `TrainState` or is derived from the step
-(dropout key) and the config (data stream), so a run restored from a checkpoint
-continues exactly as if it had never stopped.
+The steps themselves are `steps.py`'s pure functions; everything they depend on is in
+the train state or derived from the step and the config (the data stream), so a run
+restored from a checkpoint continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -12,121 +12,24 @@ import json
 import math
 import os
 import signal
-from typing import Any, Callable, Iterator, Sequence
+import time
+from typing import Any, Iterator, Sequence
 
 import flax
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import parameter_overview, periodic_actions
 
-from inception_jax import checkpointing, ops, optim, parallel, validation
+from inception_jax import checkpointing, monitor, ops, optim, parallel, validation
 from inception_jax import metrics as metrics_lib
 from inception_jax.convert import common as convert_common
-from inception_jax.data import input_pipeline
-from inception_jax.models import Inception, create_model, upgrade_options
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  ema_params: Any
-  skipped_steps: jax.Array  # Updates dropped for a non-finite loss or gradient.
-
-
-def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int,
-                             platform: str | None = None) -> Inception:
-  """The config's network; `model.kernels='auto'` resolves for `platform` (see `create_model`)."""
-  return create_model(num_classes=num_classes, platform=platform, **config.model.to_dict())
-
-
-def initial_variables(model: Inception, config: ml_collections.ConfigDict) -> dict[str, Any]:
-  x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-  return model.init(jax.random.key(config.seed), x, train=False)
-
-
-def create_train_state(model: Inception, config: ml_collections.ConfigDict,
-                       tx: optax.GradientTransformation) -> TrainState:
-  variables = initial_variables(model, config)
-  params = variables['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
-                    ema_params=params, skipped_steps=jnp.zeros((), jnp.int32))
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Inception,
-               config: ml_collections.ConfigDict,
-               tx: optax.GradientTransformation) -> tuple[TrainState, metrics_lib.TrainMetrics]:
-  """One update on a global batch; pure, so it jits and shards as is."""
-  dropout_key = jax.random.fold_in(jax.random.key(config.seed + 1), state.step)
-
-  def loss_fn(params):
-    outputs, new_vars = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        rngs={'dropout': dropout_key}, mutable=['batch_stats', 'intermediates'])
-    logits, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
-    loss = jnp.mean(cross_entropy(logits, batch['label'], config.label_smoothing))
-    if aux is not None:
-      loss += config.aux_loss_weight * jnp.mean(
-          cross_entropy(aux, batch['label'], config.label_smoothing))
-    total = loss + config.weight_decay * optim.l2_loss(params)
-    return total, (loss, logits, new_vars['batch_stats'], new_vars['intermediates'])
-
-  (_, (loss, logits, batch_stats, intermediates)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  pre_pool = intermediates['pre_pool'][0]
-  # The norm of the concatenated gradient (the flat optimizer concatenates it anyway): one
-  # reduction instead of one per leaf, which XLA:CPU compiles as a kernel each (-7 s of
-  # compile unrolled, benchmarks/README.md (h)).
-  grad_norm = jnp.linalg.norm(jax.flatten_util.ravel_pytree(grads)[0])
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  if config.nonfinite_policy == 'skip':
-    # Keep the old parameters and statistics; the step counter still advances so the
-    # data stream moves past the bad batch. One `cond` rather than a `where` per leaf:
-    # the same result, and XLA:CPU compiles no kernel per leaf (-12 s of compile).
-    params, opt_state, batch_stats = jax.lax.cond(
-        finite, lambda: (params, opt_state, batch_stats),
-        lambda: (state.params, state.opt_state, state.batch_stats))
-  ema = optim.update_ema(state.ema_params, params, optim.ema_decay(config, state.step))
-  new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-      ema_params=ema, skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
-  zero = (pre_pool == 0)
-  metrics = metrics_lib.TrainMetrics.single_from_model_output(
-      loss=loss, grad_norm=grad_norm, learning_rate=optim.current_learning_rate(opt_state),
-      pre_pool_zero_fraction=jnp.mean(zero.astype(jnp.float32)),
-      dead_unit_fraction=jnp.mean(jnp.all(zero, axis=(0, 1, 2)).astype(jnp.float32)),
-      skipped_steps=new_state.skipped_steps,
-      residual_ratio=metrics_lib.residual_ratios(intermediates),
-      **metrics_lib.classification_metrics(logits, batch['label']))
-  return new_state, metrics
-
-
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: Inception,
-              config: ml_collections.ConfigDict) -> metrics_lib.EvalMetrics:
-  """Loss and top-k error of the raw and the EMA weights; padded examples masked."""
-  outputs = {}
-  for prefix, params in (('', state.params), ('ema_', state.ema_params)):
-    logits = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-                         train=False)
-    outputs[f'{prefix}loss'] = cross_entropy(logits, batch['label'], 0.0)
-    for k, v in metrics_lib.classification_metrics(logits, batch['label']).items():
-      outputs[prefix + k] = v
-  return metrics_lib.EvalMetrics.single_from_model_output(mask=batch['mask'], **outputs)
+from inception_jax.data import input_pipeline, prefetch, synthetic
+from inception_jax.models import upgrade_options
+from inception_jax.steps import (TrainState, batch_spec, create_model_from_config,
+                                 create_train_state, eval_step, train_step)
 
 
 def schedule_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
@@ -137,19 +40,32 @@ def schedule_steps(config: ml_collections.ConfigDict, num_train_examples: int) -
   return steps_per_epoch, int(math.ceil(config.num_epochs * steps_per_epoch))
 
 
-def _eval_batches(config: ml_collections.ConfigDict, local_batch: int, num_steps: int,
-                  template: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-  """Exactly `num_steps` local eval batches, padded with masked-out ones at the end.
+def _train_batches(config: ml_collections.ConfigDict, mesh, start: int) -> Iterator[Any]:
+  """Global training batches on the devices from `start` on, prefetched (`data/prefetch.py`)."""
+  if config.dataset == synthetic.NAME:
+    return synthetic.batches(config, parallel.batch_sharded(mesh), config.batch_size)
+  local = input_pipeline.create_train_iterator(
+      config, local_batch_size=parallel.local_batch_size(config.batch_size, mesh),
+      start_step=start)
+  return prefetch.Prefetcher(local, functools.partial(parallel.to_global, mesh=mesh),
+                             config.prefetch_batches)
+
+
+def _eval_batches(config: ml_collections.ConfigDict, mesh, num_steps: int) -> Iterator[Any]:
+  """Exactly `num_steps` global eval batches, padded with masked-out ones at the end.
 
   Every process must run the same number of eval steps (they are collectives),
   even when its part of the split is one batch shorter.
   """
+  if config.dataset == synthetic.NAME:
+    yield from (b for b, _ in zip(synthetic.batches(config, parallel.batch_sharded(mesh),
+                                                    config.eval_batch_size), range(num_steps)))
+    return
+  local_batch = parallel.local_batch_size(config.eval_batch_size, mesh)
+  padding = {k: np.zeros(v.shape, v.dtype) for k, v in batch_spec(config, local_batch).items()}
   it = input_pipeline.create_eval_iterator(config, local_batch_size=local_batch)
   for _ in range(num_steps):
-    batch = next(it, None)
-    if batch is None:
-      batch = {k: np.zeros_like(v) for k, v in template.items()}
-    yield batch
+    yield parallel.to_global(next(it, padding), mesh)
 
 
 class _Preemption:
@@ -198,8 +114,9 @@ def restore_or_initialize(config, workdir, model, tx, mesh,
                  out_shardings=parallel.replicated(mesh))
   state = init()
   if checkpoints.latest_step() is not None:
-    logging.info('Resuming from %s step %d', checkpoints.directory, checkpoints.latest_step())
-    return checkpoints.restore(state)
+    state = checkpoints.restore_newest_readable(state)
+    logging.info('Resuming from %s step %d', checkpoints.directory, int(state.step))
+    return state
   if config.init_from:
     state = _load_init_from(state, config.init_from, mesh)
   return state
@@ -244,19 +161,15 @@ def _load_init_from(state: TrainState, directory: str, mesh) -> TrainState:
                        ema_params=variables['params'])
 
 
-def evaluate(state: TrainState, p_eval_step: Callable, config, mesh, num_eval_examples: int,
-             local_batch: int) -> dict[str, float]:
+def evaluate(state: TrainState, p_eval_step: Any, config, mesh,
+             num_eval_examples: int) -> dict[str, float]:
   eval_batch = config.eval_batch_size
   num_steps = math.ceil(num_eval_examples / eval_batch)
   if config.steps_per_eval > 0:
     num_steps = min(num_steps, config.steps_per_eval)
-  template = {'image': np.zeros((local_batch, config.image_size, config.image_size, 3),
-                                np.float32),
-              'label': np.zeros((local_batch,), np.int32),
-              'mask': np.zeros((local_batch,), np.float32)}
   collected = None
-  for batch in _eval_batches(config, local_batch, num_steps, template):
-    m = p_eval_step(state, parallel.to_global(batch, mesh))
+  for batch in _eval_batches(config, mesh, num_steps):
+    m = p_eval_step(state, batch)
     collected = m if collected is None else collected.merge(m)
   scalars = metrics_lib.with_accuracy(collected.compute(), 'eval')
   # The input pipeline skips examples it cannot decode; count them here.
@@ -277,10 +190,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   # Every check that can fail on the config or the data runs before the workdir is written.
   validation.validate(config)
+  data = input_pipeline.with_holdout(config)  # Training's splits: minival, when asked.
   mesh = parallel.create_mesh(devices)
-  local_batch = parallel.local_batch_size(config.batch_size, mesh)
-  local_eval_batch = parallel.local_batch_size(config.eval_batch_size, mesh)
-  info = input_pipeline.get_dataset_info(config)
+  # Refuses a batch, or a micro-batch, that the devices cannot split.
+  parallel.local_batch_size(config.batch_size // config.grad_accum_steps, mesh)
+  parallel.local_batch_size(config.eval_batch_size, mesh)
+  info = input_pipeline.get_dataset_info(data)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
   steps_per_epoch, num_steps = schedule_steps(config, info.num_train_examples)
@@ -298,54 +213,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if start == 0 and jax.process_index() == 0:
     writer.write_hparams({k: v for k, v in flax.traverse_util.flatten_dict(
         config.to_dict(), sep='.').items() if isinstance(v, (int, float, str, bool))})
-  state_sharding = parallel.replicated(mesh)
-  p_train_step = jax.jit(functools.partial(train_step, model=model, config=config, tx=tx),
-                         in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
-                         out_shardings=(state_sharding, parallel.replicated(mesh)),
-                         donate_argnums=(0,), compiler_options=model.compiler_options)
-  p_eval_step = jax.jit(functools.partial(eval_step, model=model, config=config),
-                        in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
-                        compiler_options=model.compiler_options)
-  p_train_step = parallel.compile_then_sync(p_train_step, 'train_step')
-  p_eval_step = parallel.compile_then_sync(p_eval_step, 'eval_step')
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  state_struct = parallel.abstract(state, replicated)
+  lowered, p_train_step = parallel.compile_and_sync(
+      jax.jit(functools.partial(train_step, model=model, config=config, tx=tx,
+                                shards=mesh.devices.size),
+              in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+              donate_argnums=(0,), compiler_options=model.compiler_options),
+      'train_step', state_struct, parallel.abstract(batch_spec(config, config.batch_size),
+                                                    sharded))
+  _, p_eval_step = parallel.compile_and_sync(
+      jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, sharded),
+              compiler_options=model.compiler_options),
+      'eval_step', state_struct, parallel.abstract(batch_spec(config, config.eval_batch_size),
+                                                   sharded))
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=config.log_every_steps)
+  speed = monitor.StepMonitor(_model_flops(lowered, model, config, tx, mesh),
+                              config.batch_size, list(mesh.devices.flat))
+  profiler = monitor.Profiler(config.profile_steps, workdir)
   preemption = _Preemption()
-  train_iter = input_pipeline.create_train_iterator(config, local_batch_size=local_batch,
-                                                    start_step=start)
-  logging.info('Training %s for %d steps (%d per epoch) from step %d on %d devices.',
-               config.model.name, num_steps, steps_per_epoch, start, mesh.devices.size)
+  train_batches = _train_batches(data, mesh, start)
+  logging.info('Training %s for %d steps (%d per epoch) from step %d on %d devices '
+               '(kernels: %s).', config.model.name, num_steps, steps_per_epoch, start,
+               mesh.devices.size, model.kernels)
   train_metrics = None
   step = start
   try:  # Pending async saves finish (or fail loudly) on every way out.
     for step in range(start + 1, num_steps + 1):
+      profiler.before(step)
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, m = p_train_step(state, parallel.to_global(next(train_iter), mesh))
+        batch = next(train_batches)
+        state, m = p_train_step(state, batch)
+      speed.step(getattr(train_batches, 'wait_s', 0.0))
+      profiler.after(step, state)
       train_metrics = m if train_metrics is None else train_metrics.merge(m)
       report(step)
       if config.nonfinite_policy == 'stop' and not np.isfinite(float(m.loss.compute())):
         raise FloatingPointError(
             f'non-finite loss at step {step}; {_last_good(checkpoints)} (nonfinite_policy=stop)')
       if step % config.log_every_steps == 0 or step == num_steps:
-        writer.write_scalars(step, metrics_lib.train_scalars(train_metrics.compute(), step))
+        scalars = metrics_lib.train_scalars(train_metrics.compute(), step)
+        writer.write_scalars(step, {**scalars, **speed.scalars()})
         train_metrics = None
+      paused = time.perf_counter()
       if step % config.eval_every_steps == 0 or step == num_steps:
         with report.timed('eval'):
-          writer.write_scalars(step, evaluate(state, p_eval_step, config, mesh,
-                                              info.num_eval_examples, local_eval_batch))
+          writer.write_scalars(step, evaluate(state, p_eval_step, data, mesh,
+                                              info.num_eval_examples))
       stop = preemption.reached(checkpoints, step)
       if step % config.checkpoint_every_steps == 0 or step == num_steps or stop:
         _save(checkpoints, step, state, force=stop or step == num_steps)
+      speed.pause(time.perf_counter() - paused)
       if stop:
         logging.warning('Stopped for preemption at step %d; rerun the same command to resume.',
                         step)
         break
   finally:
+    profiler.close()
+    if isinstance(train_batches, prefetch.Prefetcher):
+      train_batches.close()
     writer.flush()
     checkpoints.close()
   # Every process logs this; in a multi-host run they must agree.
   logging.info('Finished at step %d; parameter checksum %.10e', step, parameter_checksum(state))
   return state
+
+
+def _model_flops(lowered: Any, model, config, tx, mesh) -> float:
+  """The train step's FLOPs per device, of the plain network.
+
+  XLA counts a scanned body once and remat's recomputation on top; the plain network's
+  lowered step (no compile) gives the FLOPs the model needs, what MFU is measured by.
+  """
+  if model.scan_blocks or model.remat:
+    plain = model.clone(scan_blocks=False, remat=False)
+    state = jax.eval_shape(functools.partial(create_train_state, plain, config, tx))
+    lowered = jax.jit(functools.partial(train_step, model=plain, config=config, tx=tx,
+                                        shards=mesh.devices.size)).lower(
+        state, batch_spec(config, config.batch_size))
+  return monitor.step_flops(lowered, mesh.devices.size)
 
 
 def parameter_checksum(state: TrainState) -> float:

@@ -20,7 +20,8 @@ RESUMABLE_KEYS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_ever
                   'allow_config_change', 'data_dir', 'manual_dir', 'distributed',
                   'distributed_heartbeat_timeout_s',
                   'compilation_cache_dir', 'eval_batch_size', 'model.kernels',
-                  'model.cpu_conv_library')
+                  'model.cpu_conv_library', 'data_threads', 'data_ram_budget_gb',
+                  'prefetch_batches', 'profile_steps')
 
 
 def _positive(config, key: str, integer: bool = False) -> None:
@@ -53,12 +54,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ('label_smoothing', 'eval_crop_fraction'):
     if not 0.0 <= config[key] <= 1.0:
       raise ValueError(f'{key}={config[key]!r} is invalid: must be in [0, 1]')
+  if not 0.0 <= config.holdout_fraction < 1.0:
+    raise ValueError(f'holdout_fraction={config.holdout_fraction!r} is invalid: must be in '
+                     '[0, 1)')
   if not 0.0 <= config.ema_decay < 1.0:
     raise ValueError(f'ema_decay={config.ema_decay!r} is invalid: must be in [0, 1)')
   if config.init_from and not os.path.isdir(config.init_from):
     raise ValueError(f'init_from={config.init_from!r} is not a directory: write one with '
                      'python -m inception_jax.convert (see configs/finetune.py), or set '
                      'init_from=""')
+  steps = tuple(config.profile_steps)
+  if steps and (len(steps) != 2 or not 0 < steps[0] < steps[1]):
+    raise ValueError(f'profile_steps={steps!r} is invalid: give () or (first, last) with '
+                     '0 < first < last')
+  _positive(config, 'prefetch_batches', integer=True)
+  _positive(config, 'grad_accum_steps', integer=True)
+  micro, group = config.batch_size // config.grad_accum_steps, config.model.bn_group_size
+  if config.batch_size % config.grad_accum_steps:
+    raise ValueError(f'grad_accum_steps={config.grad_accum_steps} does not divide '
+                     f'batch_size={config.batch_size}: give a divisor of the batch')
+  if group and micro % group:
+    raise ValueError(f'model.bn_group_size={group} does not divide the micro-batch of {micro} '
+                     f'images (batch_size / grad_accum_steps): give a divisor of it, or 0')
   check_image_size(config)
 
 

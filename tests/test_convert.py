@@ -32,8 +32,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from configs import finetune
-from inception_jax import parallel, train, validation
-from inception_jax.convert import common, convert, load_converted, save
+from inception_jax import parallel, steps, train, validation
+from inception_jax.convert import common, convert, load_converted
 from inception_jax.models import create_model
 from tests.util import REPO, subprocess_env
 
@@ -496,22 +496,23 @@ def test_command_line_output_feeds_init_from(tmp_path):
   out = tmp_path / 'converted'
   result = subprocess.run(
       [sys.executable, '-m', 'inception_jax.convert', '--from=timm', f'--source={source}',
-       '--model=inception_v3', f'--out={out}'],
+       '--model=inception_v3', f'--out={out}', '--avg_pool_include_pad'],  # as tv_in1k's
       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'{TIMM_PARAMS["inception_v3"]:,} parameters' in result.stdout
   meta = json.loads((out / 'model.json').read_text())
   assert meta['model']['name'] == 'inception_v3' and meta['model']['bn_scale']
+  assert meta['model']['avg_pool_include_pad']
   assert (meta['num_classes'], meta['label_offset']) == (1000, 0)
   loaded, variables, _ = load_converted(str(out))
-  assert loaded.bn_scale and loaded.num_classes == 1000
+  assert loaded.bn_scale and loaded.num_classes == 1000 and loaded.avg_pool_include_pad
   assert_same_variables(_flat(variables), flat)
 
   # Fine-tuning for 10 classes takes every tensor but the classifier's.
   def zero_state(**options):
     shapes = common.model_variables(create_model('inception_v3', num_classes=10, **options))
     fresh = common.unflatten({k: np.zeros(v.shape, v.dtype) for k, v in shapes.items()})
-    return train.TrainState(step=np.zeros((), np.int32), params=fresh['params'],
+    return steps.TrainState(step=np.zeros((), np.int32), params=fresh['params'],
                             batch_stats=fresh['batch_stats'], opt_state=(),
                             ema_params=fresh['params'], skipped_steps=np.zeros((), np.int32))
   mesh = parallel.create_mesh()

@@ -4,13 +4,16 @@ import collections
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from inception_jax import train
+from inception_jax import parallel, train
+from inception_jax.data import augment
 from inception_jax.data import input_pipeline
 from inception_jax.data import offline
 from inception_jax.data import preprocessing
@@ -30,11 +33,12 @@ def make_config(data_dir, **overrides) -> ml_collections.ConfigDict:
           train_split='train',
           eval_split='test',
           image_size=IMAGE_SIZE,
-          color_distortion=True,
           shuffle_buffer_size=1000,
           seed=0,
           eval_crop_fraction=0.875,
           cache=False,
+          data_threads=0,
+          data_ram_budget_gb=0.0,
       )
   )
   config.update(overrides)
@@ -113,8 +117,7 @@ def test_train_batches(tiny_dir):
   batches = train_batches(make_config(tiny_dir), 3, **kwargs)
   for batch in batches:
     assert batch['image'].shape == (8, IMAGE_SIZE, IMAGE_SIZE, 3)
-    assert batch['image'].dtype == np.float32
-    assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0
+    assert batch['image'].dtype == np.uint8  # Scaled to [-1, 1] on the devices.
     assert batch['label'].dtype == np.int32 and batch['label'].shape == (8,)
     np.testing.assert_array_equal(batch['mask'], np.ones(8, np.float32))
   assert not np.array_equal(batches[0]['image'], batches[1]['image'])
@@ -184,6 +187,29 @@ def test_processes_read_disjoint_parts(tiny_dir):
       for i in range(2)
   ]
   assert not np.array_equal(train[0]['image'], train[1]['image'])
+
+
+def test_processes_train_on_disjoint_examples_over_an_epoch(tiny_dir, monkeypatch):
+  """Two processes' training streams over one epoch: each example of the split exactly
+  once, by one process. The random crop is replaced by the central one, so that an
+  example is known by its image."""
+  monkeypatch.setattr(preprocessing, 'preprocess_for_train',
+                      lambda image, seed, size: preprocessing.preprocess_for_eval(image, size))
+  config = make_config(tiny_dir)
+  seen = []
+  for i in range(2):
+    stream = input_pipeline.create_train_iterator(config, local_batch_size=4, process_index=i,
+                                                  process_count=2)
+    seen.append([(int(label), image.tobytes()) for batch in take(stream, 25)  # 100 / 4
+                 for label, image in zip(batch['label'], batch['image'])])
+  builder = tfds.builder(TINY, data_dir=os.fspath(tiny_dir))
+  split = [(int(ex['label']), preprocessing.preprocess_for_eval(ex['image'],
+                                                                 IMAGE_SIZE).numpy().tobytes())
+           for ex in builder.as_dataset(split='train')]
+  assert len(set(split)) == 200  # Every example is told apart by its image.
+  assert [len(set(s)) for s in seen] == [100, 100]
+  assert not set(seen[0]) & set(seen[1])
+  assert sorted(seen[0] + seen[1]) == sorted(split)
 
 
 def test_imagenet2012_mock(tmp_path):
@@ -268,13 +294,11 @@ def test_preprocessing_survives_small_and_non_square_images(shape, encoding):
     image = tf.io.encode_jpeg(image)
   seed = tf.constant([1, 2], tf.int64)
 
-  train = preprocessing.preprocess_for_train(image, seed, 16, color_distortion=True)
-  again = preprocessing.preprocess_for_train(image, seed, 16, color_distortion=True)
+  train = preprocessing.preprocess_for_train(image, seed, 16)
+  again = preprocessing.preprocess_for_train(image, seed, 16)
   evaluated = preprocessing.preprocess_for_eval(image, 16)
   for output in (train, evaluated):
-    assert output.shape == (16, 16, 3) and output.dtype == tf.float32
-    assert -1.0 <= float(tf.reduce_min(output))
-    assert float(tf.reduce_max(output)) <= 1.0
+    assert output.shape == (16, 16, 3) and output.dtype == tf.uint8
   np.testing.assert_array_equal(train.numpy(), again.numpy())
 
 
@@ -285,3 +309,60 @@ def test_train_augmentation_depends_on_seed():
       for i in range(2)
   ]
   assert not np.array_equal(*outputs)
+
+
+# --- On the devices: scaling and colour distortion (inception_jax/data/augment.py). ---
+
+def test_colour_adjustments_are_tf_images():
+  images = np.random.default_rng(0).uniform(0, 1, (3, 9, 7, 3)).astype(np.float32)
+  factors = dict(brightness=np.array([0.1, -0.12, 0.0], np.float32),
+                 saturation=np.array([0.6, 1.4, 1.0], np.float32),
+                 hue=np.array([0.15, -0.2, 0.05], np.float32),
+                 contrast=np.array([1.3, 0.55, 1.0], np.float32))
+  got = np.asarray(augment.adjust(jnp.asarray(images), **{k: jnp.asarray(v)
+                                                         for k, v in factors.items()}))
+  for i, image in enumerate(images):
+    want = tf.image.adjust_brightness(image, factors['brightness'][i])
+    want = tf.image.adjust_saturation(want, factors['saturation'][i])
+    want = tf.image.adjust_hue(want, factors['hue'][i])
+    want = tf.image.adjust_contrast(want, factors['contrast'][i])
+    np.testing.assert_allclose(got[i], tf.clip_by_value(want, 0.0, 1.0), atol=2e-5)
+
+
+def test_device_augmentation_is_per_image_and_independent_of_the_sharding():
+  images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (8, 6, 6, 3), dtype=np.uint8))
+  key = jax.random.key(3)
+  plain = augment.train_images(images, key, False, jnp.float32)
+  np.testing.assert_allclose(plain, images.astype(np.float32) / 255 * 2 - 1, atol=1e-6)
+  distorted = augment.train_images(images, key, True, jnp.float32)
+  assert -1.0 <= float(distorted.min()) and float(distorted.max()) <= 1.0
+  assert not np.allclose(distorted, plain, atol=1e-3)
+  # The same draws whether the batch is one array or split over the devices.
+  sharded = jax.device_put(images, parallel.batch_sharded(parallel.create_mesh()))
+  np.testing.assert_allclose(jax.jit(augment.train_images, static_argnums=(2, 3))(
+      sharded, key, True, jnp.float32), distorted, atol=1e-6)
+
+
+def test_holdout_is_the_end_of_the_train_split_and_training_never_reads_it(tiny_data_dir):
+  config = tiny_config(tiny_data_dir, holdout_fraction=0.1)
+  data = input_pipeline.with_holdout(config)
+  assert (data.train_split, data.eval_split) == ('train[:180]', 'train[180:]')
+  info = input_pipeline.get_dataset_info(data)
+  assert (info.num_train_examples, info.num_eval_examples) == (180, 20)
+  digest = lambda image: hash(image.tobytes())
+  held = {digest(b['image'][i]) for b in input_pipeline.create_eval_iterator(
+      dict_config(data, eval_crop_fraction=1.0), local_batch_size=10, process_index=0,
+      process_count=1) for i in range(10)}
+  whole = input_pipeline.create_eval_iterator(
+      dict_config(config, eval_split='train', eval_crop_fraction=1.0), local_batch_size=20,
+      process_index=0, process_count=1)
+  train_images = [digest(b['image'][i]) for b in whole for i in range(20)]
+  assert held == set(train_images[180:]) and not held & set(train_images[:180])
+  with pytest.raises(ValueError, match='holdout_fraction=1.5 is invalid'):
+    input_pipeline.with_holdout(tiny_config(tiny_data_dir, holdout_fraction=1.5))
+
+
+def dict_config(config, **overrides):
+  out = config.copy_and_resolve_references()
+  out.update(overrides)
+  return out

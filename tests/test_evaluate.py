@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -13,17 +14,13 @@ import pytest
 import tensorflow as tf
 
 from experiments import evaluate
-from inception_jax import checkpointing, optim, parallel, train
-from inception_jax.data import input_pipeline, preprocessing
+from inception_jax import checkpointing, optim, parallel, steps, train
+from inception_jax.data import augment, input_pipeline, preprocessing
 from inception_jax.models import create_model
 from tests.util import REPO, subprocess_env, tiny_config
 
 S = 75  # Crop size of the view tests.
 NUM_CLASSES = 10  # offline_shapes
-
-
-def unit(pixels: np.ndarray) -> np.ndarray:
-  return pixels.astype(np.float32) / 255.0 * 2.0 - 1.0
 
 
 def noise_image(height: int, width: int) -> np.ndarray:
@@ -37,29 +34,29 @@ def noise_image(height: int, width: int) -> np.ndarray:
 def test_view_counts(crops):
   for image in (noise_image(100, 130), tf.io.encode_jpeg(noise_image(130, 100))):
     views = preprocessing.eval_views(image, crops, S).numpy()
-    assert views.shape == (crops, S, S, 3) and views.dtype == np.float32
-    assert -1.0 <= views.min() < views.max() <= 1.0
+    assert views.shape == (crops, S, S, 3) and views.dtype == np.uint8
+    assert views.min() < views.max()
 
 
 def test_views_are_the_expected_crops():
   # Shorter side 86 = round(75 * 256 / 224): at the first scale no resize happens.
   image = noise_image(86, 120)
   ten = preprocessing.eval_views(image, 10, S).numpy()
-  np.testing.assert_array_equal(ten[4], unit(image[5:80, 22:97]))  # centre
-  np.testing.assert_array_equal(ten[5 + 1], unit(image[:75, 45:][:, ::-1]))  # mirrored top-right
+  np.testing.assert_array_equal(ten[4], image[5:80, 22:97])  # centre
+  np.testing.assert_array_equal(ten[5 + 1], image[:75, 45:][:, ::-1])  # mirrored top-right
 
   twelve = preprocessing.eval_views(image, 12, S).numpy()
   square = image[:, 17:103]  # the central square
   np.testing.assert_array_equal(twelve[4], ten[4])
-  np.testing.assert_array_equal(twelve[6 + 2], unit(square[11:, :75][:, ::-1]))  # bottom-left
+  np.testing.assert_array_equal(twelve[6 + 2], square[11:, :75][:, ::-1])  # bottom-left
   resized = tf.image.resize(square, [S, S]).numpy()
-  np.testing.assert_allclose(twelve[5], unit(resized), atol=1e-6)
+  np.testing.assert_array_equal(twelve[5], np.round(np.clip(resized, 0, 255)).astype(np.uint8))
 
   all_views = preprocessing.eval_views(image, 144, S).numpy()
   # Scale 256, centre square = the 12 views; mirrors follow all 72 views.
   np.testing.assert_array_equal(all_views[6:12], twelve[:6])
   np.testing.assert_array_equal(all_views[72 + 6:72 + 12], twelve[6:])
-  np.testing.assert_array_equal(all_views[0], unit(image[:75, :75]))  # left square, top-left
+  np.testing.assert_array_equal(all_views[0], image[:75, :75])  # left square, top-left
   assert not np.array_equal(all_views[18], all_views[0])  # next scale
 
   one = preprocessing.eval_views(image, 1, S).numpy()
@@ -73,11 +70,11 @@ def test_bad_crop_count_is_refused():
 
 # --- Evaluation of runs and weights ---------------------------------------------
 
-def write_run(workdir: str, config) -> train.TrainState:
+def write_run(workdir: str, config) -> steps.TrainState:
   """A run directory holding an initialised state (EMA set apart from the params)."""
-  model = train.create_model_from_config(config, NUM_CLASSES)
+  model = steps.create_model_from_config(config, NUM_CLASSES)
   tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
-  state = jax.jit(functools.partial(train.create_train_state, model, config, tx))()
+  state = jax.jit(functools.partial(steps.create_train_state, model, config, tx))()
   state = state.replace(step=jnp.asarray(3, jnp.int32),
                         ema_params=jax.tree.map(lambda p: 0.5 * p, state.params))
   os.makedirs(workdir)
@@ -132,11 +129,11 @@ def ten_crops(run, weights, mesh):
 
 def test_single_crop_equals_the_training_eval(run, mesh):
   workdir, config, state = run
-  model = train.create_model_from_config(config, NUM_CLASSES)
+  model = steps.create_model_from_config(config, NUM_CLASSES)
   state = parallel.replicate(state, mesh)
-  eval_step = jax.jit(functools.partial(train.eval_step, model=model, config=config))
+  eval_step = jax.jit(functools.partial(steps.eval_step, model=model))
   num = config.steps_per_eval * config.eval_batch_size  # 16 examples
-  expected = train.evaluate(state, eval_step, config, mesh, num, config.eval_batch_size)
+  expected = train.evaluate(state, eval_step, config, mesh, num)
 
   data = evaluate.data_config(evaluate.load_config(workdir), num_examples=num)
   for ema, prefix in ((False, 'eval/'), (True, 'eval/ema_')):
@@ -152,7 +149,7 @@ def test_single_crop_equals_the_training_eval(run, mesh):
   batches = input_pipeline.create_eval_iterator(data, local_batch_size=num)
   batch = next(batches)
   logits = model.apply({'params': state.ema_params, 'batch_stats': state.batch_stats},
-                       batch['image'], train=False)
+                       augment.to_signed_unit_range(batch['image']), train=False)
   np.testing.assert_allclose(probs, jax.nn.softmax(logits), atol=1e-5)
   np.testing.assert_array_equal(labels, batch['label'])
   assert len(set(probs.argmax(axis=1))) > 1  # The model does not predict one class only.
@@ -180,7 +177,8 @@ def test_ensemble_of_two_architectures_averages_their_softmax(ten_crops, mesh):
   batch = next(input_pipeline.create_multicrop_eval_iterator(config, crops=10,
                                                              local_batch_size=8))
   assert batch['image'].shape == (8, 10, 80, 80, 3)
-  logits = jax.jit(weights.model.apply)(weights.variables, batch['image'].reshape(80, 80, 80, 3))
+  images = augment.to_signed_unit_range(batch['image'].reshape(80, 80, 80, 3))
+  logits = jax.jit(weights.model.apply)(weights.variables, images)
   expected = jax.nn.softmax(logits[:, 1:]).reshape(8, 10, NUM_CLASSES).mean(axis=1)
   np.testing.assert_allclose(probs_b, expected, atol=1e-5)
 
@@ -205,6 +203,35 @@ def test_command_line_ten_crops(run, ten_crops, tmp_path):
   probs, labels = ten_crops[2][0]
   assert result['top1_error'] == pytest.approx(evaluate.errors(probs, labels)['top1_error'])
   assert result['models'][0]['name'] == f'{run[0]}@3'
+
+
+def test_two_processes_split_the_examples_and_add_up_exact_counts(run, weights, ten_crops,
+                                                                  tmp_path):
+  """An ensemble of the run and the weights, 10 crops, over 2 processes x 2 devices on
+  127.0.0.1: each reads half the examples; the counts add up to one process's result."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  command = [sys.executable, '-m', 'experiments.evaluate', f'--workdir={run[0]}',
+             f'--weights={weights}', '--crops=10', '--num_examples=8', '--batch_size=8']
+  procs = []
+  for i in range(2):
+    env = subprocess_env(2, JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+                         JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+                         JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen(command + [f'--json={tmp_path / f"p{i}.json"}'], cwd=REPO,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True))
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+  assert not (tmp_path / 'p1.json').exists()  # Process 0 reports.
+  result = json.loads((tmp_path / 'p0.json').read_text())
+  members, data, predictions = ten_crops
+  expected = evaluate.evaluate(members, data, parallel.create_mesh(), crops=10, batch_size=8)
+  assert result['num_examples'] == expected['num_examples'] == 8
+  for key in ('top1_error', 'top5_error'):
+    assert result[key] == expected[key]  # Exact: counts, not averages of averages.
+    assert [m[key] for m in result['models']] == [m[key] for m in expected['models']]
 
 
 def test_bad_runs_and_weights_are_refused(tmp_path, mesh, tiny_data_dir):

@@ -56,13 +56,14 @@ def sweep_file(tmp_path_factory, tiny_data_dir):
 
 @pytest.fixture(scope='module')
 def sweep_dir(tmp_path_factory, sweep_file):
-  """The tiny sweep, run once: a workdir with two finished 4-step runs."""
+  """The tiny sweep, run once: a workdir with two finished 4-step runs, run at once, each
+  pinned to a GPU slot of its own (which on a CPU host changes nothing else)."""
   workdir = str(tmp_path_factory.mktemp('sweep'))
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
     mp.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')  # Tiny models compile faster.
     mp.delenv('SLURM_ARRAY_TASK_ID', raising=False)
-    run_sweep_cli(f'--config={sweep_file}', f'--workdir={workdir}')
+    run_sweep_cli(f'--config={sweep_file}', f'--workdir={workdir}', '--parallel=2', '--pin=gpu')
   return workdir
 
 
@@ -76,6 +77,60 @@ def write_run(workdir, records, **config):
   return runs.Run.load(workdir)
 
 
+# --- Seeds: arms, bands, mean ± std, paired comparisons. ---
+
+def _seeded_runs(tmp_path):
+  """Two arms of three seeds: errors (eval/top1_error at steps 10, 20) chosen by hand."""
+  errors = {('a', 0): (0.8, 0.5), ('a', 1): (0.7, 0.4), ('a', 2): (0.9, 0.6),
+            ('b', 0): (0.8, 0.6), ('b', 1): (0.8, 0.5), ('b', 2): (0.9, 0.8)}
+  made = []
+  for (arm, seed), (first, last) in errors.items():
+    records = [{'step': 10, 'eval/top1_error': first, 'eval/top1_accuracy': 1 - first},
+               {'step': 20, 'eval/top1_error': last, 'eval/top1_accuracy': 1 - last}]
+    made.append(write_run(str(tmp_path / f'{arm}{seed}'), records, seed=seed,
+                          model={'name': 'inception_v4', 'use_residual': arm == 'a'}))
+  return made
+
+
+def test_runs_that_differ_only_in_seed_are_one_arm(tmp_path):
+  arms = runs.arms(_seeded_runs(tmp_path))
+  assert [a.label for a in arms] == ['use_residual=True', 'use_residual=False']
+  assert [a.seeds for a in arms] == [[0, 1, 2], [0, 1, 2]]
+  steps, mean, low, high = plot_curves.arm_series(arms[0], 'eval/top1_error')
+  np.testing.assert_array_equal(steps, [10, 20])
+  np.testing.assert_allclose(mean, [0.8, 0.5])
+  np.testing.assert_allclose((low, high), ([0.7, 0.4], [0.9, 0.6]))
+  _, mean, low, high = plot_curves.arm_series(arms[0], 'eval/top1_error', band='std')
+  np.testing.assert_allclose(high - mean, [0.0816497, 0.0816497], rtol=1e-5)  # population std
+  np.testing.assert_allclose(mean - low, high - mean)
+  out = tmp_path / 'bands.png'
+  plot_curves.main([str(tmp_path), '--metric=top1_error', f'--out={out}'])
+  assert out.stat().st_size > 10_000
+
+
+def test_summary_gives_mean_std_and_a_paired_bootstrap_interval(tmp_path, capsys):
+  made = _seeded_runs(tmp_path)
+  rows = summarize.summary_rows(made, [0.45], cost=False)
+  by_run = {r.workdir: row for r, row in zip(made, rows)}
+  arms = runs.arms(made)
+  a, b = summarize.arm_rows(arms, by_run, [0.45])
+  assert (a['n'], a['seeds']) == (3, [0, 1, 2])
+  np.testing.assert_allclose(a['top-1 final'], (0.5, 0.1))  # sample std of .5, .4, .6
+  np.testing.assert_allclose(b['top-1 final'], (0.6333333, 0.1527525), rtol=1e-6)
+  assert a['steps to 45%'] == ((20.0, 0.0), 2) and b['steps to 45%'] == ((20.0, 0.0), 1)
+  (c,) = summarize.comparisons(arms, by_run, ['top-1 final'])
+  # Per-seed differences b - a: +0.1, +0.1, +0.2.
+  assert (c['pairs'], c['metric']) == (3, 'top-1 final')
+  np.testing.assert_allclose(c['difference'], 0.4 / 3)
+  assert 0.1 - 1e-9 <= c['low'] <= c['difference'] <= c['high'] <= 0.2 + 1e-9
+  same = summarize.paired_difference([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+  assert same == (0.0, 0.0, 0.0)
+  summarize.main([str(tmp_path), '--targets=0.45', '--no_cost'])
+  printed = capsys.readouterr().out
+  assert '| use_residual=True | 3 | 0, 1, 2 | 50.0 ± 10.0 | 50.0 ± 10.0 |' in printed
+  assert '| use_residual=False | use_residual=True | top-1 final | 3 | +13.3 pt |' in printed
+
+
 # --- The real sweep. ---
 
 def test_sweep_trains_every_trial_in_a_named_workdir(sweep_dir):
@@ -87,6 +142,24 @@ def test_sweep_trains_every_trial_in_a_named_workdir(sweep_dir):
     assert run.checkpoint_steps() == [2, 4]
     assert list(run.series('eval/top1_error')[0]) == [2, 4]
     assert os.path.getsize(os.path.join(run.workdir, sweep.LOG_FILE)) > 0
+
+
+def test_parallel_trials_each_get_their_own_device(sweep_dir):
+  pinned = set()
+  for name in NAMES:
+    with open(os.path.join(sweep_dir, name, sweep.LOG_FILE)) as f:
+      header = f.readline().split()
+    assert header[0] == '#' and '--config.distributed=false' in header
+    pinned.add(header[1])
+  assert pinned == {'CUDA_VISIBLE_DEVICES=0', 'CUDA_VISIBLE_DEVICES=1'}
+
+
+def test_a_tpu_slot_is_one_chip_with_its_own_port():
+  env = sweep.device_env(3, 'tpu')
+  assert env['TPU_VISIBLE_CHIPS'] == '3' and env['TPU_PROCESS_BOUNDS'] == '1,1,1'
+  assert env['TPU_CHIPS_PER_PROCESS_BOUNDS'] == '1,1,1'
+  assert env['TPU_MESH_CONTROLLER_PORT'] == str(sweep.TPU_PORT + 3)
+  assert sweep.device_env(3, 'none') == {}
 
 
 def test_residual_ratios_and_dead_flag_are_logged(sweep_dir):

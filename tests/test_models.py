@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax import ops
-from inception_jax.models import blocks, create_model, stack_repeats, upgrade_options
+from inception_jax import ops, parallel
+from inception_jax.models import blocks, create_model, layers, stack_repeats, upgrade_options
 from inception_jax.models.summary import format_table, stage_stats
 
 
@@ -352,3 +352,54 @@ def test_input_below_minimum_size_raises_clear_error():
   model = create_model('inception_v4', **TINY)
   with pytest.raises(ValueError, match='image size 74x74 is below the minimum of 75x75'):
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 74, 74, 3))))
+
+
+def test_avg_pool_include_pad_counts_the_zero_padding():
+  """torchvision's 3x3 average pools (timm's inception_v3.tv_in1k weights) divide by 9 at
+  the borders too; TF-Slim's by the window's pixels inside the image."""
+  ones = jnp.ones((1, 4, 4, 1))
+  tf_style = layers.pool(layers.AVG_POOL, ones, layers.LayerOptions())
+  torch_style = layers.pool(layers.AVG_POOL, ones, layers.LayerOptions(avg_pool_include_pad=True))
+  np.testing.assert_allclose(tf_style[0, :, :, 0], np.ones((4, 4)))
+  np.testing.assert_allclose(torch_style[0, :, :, 0], [[4 / 9, 6 / 9, 6 / 9, 4 / 9],
+                                                       [6 / 9, 1, 1, 6 / 9],
+                                                       [6 / 9, 1, 1, 6 / 9],
+                                                       [4 / 9, 6 / 9, 6 / 9, 4 / 9]], rtol=1e-6)
+  model = create_model('inception_v3', **TINY)
+  padded = create_model('inception_v3', avg_pool_include_pad=True, **TINY)
+  variables = _init(model)
+  assert jax.tree.structure(variables) == jax.tree.structure(_init(padded))
+  assert not np.allclose(_forward(model, variables), _forward(padded, variables), atol=1e-5)
+
+
+def test_bn_groups_of_the_per_device_batch_are_per_device_statistics():
+  """bn_group_size = images per device: each device normalizes its own images, with no
+  collective in the forward pass; 0 keeps BatchNorm over the global batch."""
+  kw = dict(repeats=(1, 1, 1), dropout_rate=0.0, **TINY)
+  grouped = create_model('inception_resnet_v2', bn_group_size=2, **kw)
+  whole = create_model('inception_resnet_v2', **kw)
+  x = jnp.tile(X, (4, 1, 1, 1)) * jnp.arange(1, 9)[:, None, None, None] / 8  # 8 images
+  variables = _init(whole, x)
+  train = lambda m: (lambda v, x: m.apply(v, x, train=True, mutable=['batch_stats']))
+  # Each device's 2 images alone, through the network with global statistics.
+  parts = [jax.jit(train(whole))(variables, x[i:i + 2]) for i in range(0, 8, 2)]
+  mesh = parallel.create_mesh()
+  sharded = jax.device_put(x, parallel.batch_sharded(mesh))
+  step = jax.jit(train(grouped), in_shardings=(parallel.replicated(mesh),
+                                               parallel.batch_sharded(mesh)))
+  logits, stats = step(variables, sharded)
+  np.testing.assert_allclose(logits, jnp.concatenate([p[0] for p in parts]), rtol=1e-4,
+                             atol=1e-5)
+  mean_stats = jax.tree.map(lambda *s: sum(s) / 4, *[p[1] for p in parts])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), stats,
+               mean_stats)
+
+  def all_reduces(model):
+    hlo = jax.jit(train(model), in_shardings=(parallel.replicated(mesh),
+                                              parallel.batch_sharded(mesh))).lower(
+        variables, sharded).compile().as_text()
+    return hlo.count('all-reduce(') + hlo.count('all-reduce-start(')
+  # The running averages' mean over the groups is the one collective left: XLA combines
+  # every layer's into one all-reduce of a few KB. Without groups, one or two per layer.
+  assert all_reduces(grouped) == 1
+  assert all_reduces(whole) > 20

@@ -3,6 +3,8 @@
 Most tests run `main.py` in subprocesses, as a user (or a preemptible cluster) would.
 """
 
+import contextlib
+import logging
 import os
 import re
 import signal
@@ -13,6 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from inception_jax import checkpointing, parallel, train
 from tests.util import REPO, main_command, subprocess_env, tiny_config
@@ -110,7 +113,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_data_dir):
                                       every_steps=1).all_steps() == [stopped]
 
 
-def test_torn_write_is_ignored_and_corrupt_checkpoint_is_named(tmp_path, tiny_data_dir):
+def test_torn_write_is_ignored_and_an_unreadable_checkpoint_is_moved_aside(tmp_path,
+                                                                           tiny_data_dir):
   workdir = str(tmp_path)
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   train.train_and_evaluate(tiny_config(tiny_data_dir, num_train_steps=2), workdir)
@@ -126,11 +130,36 @@ def test_torn_write_is_ignored_and_corrupt_checkpoint_is_named(tmp_path, tiny_da
   os.makedirs(foreign)
   with open(os.path.join(foreign, 'notes.txt'), 'w') as f:
     f.write('not a checkpoint')
-  with pytest.raises(checkpointing.CheckpointError, match=re.escape(ckpt_dir)) as e:
-    train.train_and_evaluate(tiny_config(tiny_data_dir, num_train_steps=12), workdir)
-  assert 'step 9' in str(e.value)
-  # The good checkpoints are untouched and still readable.
-  assert _final_state(workdir, 4)['step'] == 4
+  with absltest_log() as warnings:
+    state = train.train_and_evaluate(tiny_config(tiny_data_dir, num_train_steps=8), workdir)
+  # Resumed from step 4, the newest readable one; the bad directory is kept, renamed.
+  assert int(state.step) == 8
+  assert any(f'{foreign} is unreadable' in w and f'{foreign}.unreadable' in w
+             for w in warnings), warnings
+  assert os.path.exists(os.path.join(foreign + '.unreadable', 'notes.txt'))
+  steps = checkpointing.RunCheckpoints(ckpt_dir, every_steps=1).all_steps()
+  assert 9 not in steps and 8 in steps and 6 in steps  # Later saves were not shadowed.
+  # With no readable checkpoint at all the run stops, naming it.
+  only = tmp_path / 'only' / 'checkpoints' / '3'
+  only.mkdir(parents=True)
+  (only / 'notes.txt').write_text('not a checkpoint')
+  with pytest.raises(checkpointing.CheckpointError, match=re.escape(str(only.parent))) as e:
+    train.train_and_evaluate(tiny_config(tiny_data_dir), str(tmp_path / 'only'))
+  assert 'step 3' in str(e.value)
+
+
+@contextlib.contextmanager
+def absltest_log():
+  """The warnings absl logs meanwhile, as strings."""
+  messages = []
+  handler = logging.Handler()
+  handler.emit = lambda record: messages.append(record.getMessage())
+  handler.setLevel(logging.WARNING)
+  absl_logging.get_absl_logger().addHandler(handler)
+  try:
+    yield messages
+  finally:
+    absl_logging.get_absl_logger().removeHandler(handler)
 
 
 def test_nonfinite_stop_names_the_step_and_never_saves_nan(tmp_path, tiny_data_dir):
@@ -197,6 +226,21 @@ def test_two_processes_train_agree_and_stop_when_a_peer_dies(tmp_path, tiny_data
   assert procs[0].returncode != 0
   assert time.time() - killed < 120  # Heartbeat timeout 10 s, plus detection and teardown.
   assert 'another task died' in out
+
+
+def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path, tiny_data_dir):
+  """2 processes of 2 devices and 1 process of 4, on the same global batches
+  (`dataset='synthetic'` makes them on the devices): the same parameters after 3 updates."""
+  config = tiny_config(tiny_data_dir, dataset='synthetic', num_train_steps=3, log_every_steps=3,
+                       eval_every_steps=3, steps_per_eval=1, checkpoint_every_steps=3)
+  two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
+  procs = _start_two_processes(config, two, 'run') + [_start(config, one, num_devices=4)]
+  outs = [_finish(p) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0, 0], '\n'.join(o[-2000:] for o in outs)
+  a, b = _final_state(two, 3), _final_state(one, 3)
+  assert a['step'] == b['step'] == 3
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+               a['params'], b['params'])
 
 
 def test_cluster_hint_names_what_makes_a_launch_look_multi_process(tmp_path):

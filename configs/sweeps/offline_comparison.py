@@ -35,11 +35,14 @@ def get_config(setting: str | None = None):
   return config
 
 
+ARMS = (
+    {'model.name': 'inception_v4', 'model.repeats': (1, 2, 1)},
+    {'model.name': 'inception_resnet_v2', 'model.repeats': (1, 3, 1)},
+    {'model.name': 'inception_resnet_v2', 'model.repeats': (1, 3, 1), 'model.use_residual': False},
+)
+SEEDS = (0, 1, 2)  # Each arm with three seeds: plot_curves draws the band, summarize the spread.
+
+
 def sweep(setting: str | None = None) -> list[dict]:
   del setting
-  return [
-      {'model.name': 'inception_v4', 'model.repeats': (1, 2, 1)},
-      {'model.name': 'inception_resnet_v2', 'model.repeats': (1, 3, 1)},
-      {'model.name': 'inception_resnet_v2', 'model.repeats': (1, 3, 1),
-       'model.use_residual': False},
-  ]
+  return [{**arm, 'seed': seed} for arm in ARMS for seed in SEEDS]

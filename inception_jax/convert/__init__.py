@@ -18,10 +18,11 @@ __all__ = ['SOURCES', 'Conversion', 'convert', 'load_converted', 'save']
 SOURCES: dict[str, Source] = {s.name: s for s in (keras.SOURCE, timm.SOURCE, slim.SOURCE)}
 
 
-def convert(source: str, file: str, model: str, *, drop_background: bool = False
-            ) -> Conversion:
+def convert(source: str, file: str, model: str, *, drop_background: bool = False,
+            avg_pool_include_pad: bool = False) -> Conversion:
   """Imports `file`, weights of network `model` saved by `source` ('keras', 'timm' or
   'slim'); see `common.convert`."""
   if source not in SOURCES:
     raise ValueError(f'unknown source {source!r}; valid sources: {", ".join(SOURCES)}')
-  return _convert(SOURCES[source], file, model, drop_background=drop_background)
+  return _convert(SOURCES[source], file, model, drop_background=drop_background,
+                  avg_pool_include_pad=avg_pool_include_pad)

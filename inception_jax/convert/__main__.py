@@ -27,6 +27,8 @@ flags.DEFINE_enum('model', None, list(ARCHS), 'The network the file holds.')
 flags.DEFINE_string('out', None, 'Output directory: variables/ and model.json.')
 flags.DEFINE_bool('drop_background', False, "Drop class 0 ('background') of a 1001-class "
                   'head (TF-Slim), leaving the 1000 ImageNet classes.')
+flags.DEFINE_bool('avg_pool_include_pad', False, 'Average pools that count the zero '
+                  'padding, as torchvision trained with (timm inception_v3.tv_in1k).')
 flags.mark_flags_as_required(['from', 'source', 'model', 'out'])
 FLAGS = flags.FLAGS
 
@@ -35,7 +37,8 @@ def main(argv):
   del argv
   with cli.one_line_errors():
     conversion = convert(FLAGS['from'].value, os.path.expanduser(FLAGS.source), FLAGS.model,
-                         drop_background=FLAGS.drop_background)
+                         drop_background=FLAGS.drop_background,
+                         avg_pool_include_pad=FLAGS.avg_pool_include_pad)
     save(conversion, FLAGS.out)
   print(conversion.report())
   print(f'wrote {os.path.abspath(FLAGS.out)}')

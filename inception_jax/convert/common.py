@@ -40,7 +40,7 @@ BACKGROUND_CLASSES = 1001  # TF-Slim's ImageNet head: class 0 is 'background'.
 BN_EPSILON = 1e-3  # TF-Slim, the Keras applications and timm's Inceptions alike.
 # The options that fix the architecture, written to model.json (with the name).
 ARCH_OPTIONS = ('variant', 'width_multiplier', 'repeats', 'residual_scale', 'use_residual',
-                'bn_scale', 'bn_epsilon', 'aux_logits')
+                'bn_scale', 'bn_epsilon', 'aux_logits', 'avg_pool_include_pad')
 MODEL_FILE = 'model.json'
 VARIABLES_DIR = 'variables'
 MAX_LISTED = 40  # per kind of problem in the error message
@@ -213,19 +213,22 @@ def _is_aux(variable: str) -> bool:
   return variable.split('/')[1] == 'AuxLogits'
 
 
-def build(arch: str, source: Source, *, num_classes: int, aux_logits: bool) -> Inception:
+def build(arch: str, source: Source, *, num_classes: int, aux_logits: bool,
+          avg_pool_include_pad: bool = False) -> Inception:
   """Our model in the layout of the released checkpoints, matching `source`'s BatchNorm."""
   return create_model(arch, num_classes=num_classes, variant='slim', bn_scale=source.bn_scale,
-                      bn_epsilon=BN_EPSILON, aux_logits=aux_logits)
+                      bn_epsilon=BN_EPSILON, aux_logits=aux_logits,
+                      avg_pool_include_pad=avg_pool_include_pad)
 
 
-def convert(source: Source, file: str, arch: str, *, drop_background: bool = False
-            ) -> Conversion:
+def convert(source: Source, file: str, arch: str, *, drop_background: bool = False,
+            avg_pool_include_pad: bool = False) -> Conversion:
   """Reads `file` and returns our variables for `arch` (slim layout, unrolled blocks).
 
   The class count is the source's (minus one with `drop_background`, which drops
   TF-Slim's background class 0); the auxiliary head is imported when the source
-  has one.
+  has one. `avg_pool_include_pad` is for weights trained with average pools that count
+  the zero padding (torchvision's, e.g. timm's `inception_v3.tv_in1k`).
 
   Raises:
     ValueError: for a network the source has no weights for, a file that cannot be
@@ -237,6 +240,8 @@ def convert(source: Source, file: str, arch: str, *, drop_background: bool = Fal
                      f'not {arch!r}')
   try:
     tensors = source.read(file, arch)
+  except ValueError:  # The readers' own: they name the file and the format.
+    raise
   except Exception as e:  # h5py, safetensors and TensorFlow each raise their own kinds.
     raise ValueError(f'cannot read {file} as {source.name} weights: {type(e).__name__}: '
                      f'{" ".join(str(e).split())}') from e
@@ -285,7 +290,8 @@ def convert(source: Source, file: str, arch: str, *, drop_background: bool = Fal
               ('shape mismatches', mismatched)]
   if any(items for _, items in problems):
     raise ValueError(_problem_message(file, source, arch, problems))
-  model = build(arch, source, num_classes=num_classes, aux_logits=aux)
+  model = build(arch, source, num_classes=num_classes, aux_logits=aux,
+                avg_pool_include_pad=avg_pool_include_pad)
   return Conversion(model, unflatten(flat), source.name, file, source_classes,
                     drop_background, len(flat), ignored)
 
@@ -324,13 +330,14 @@ def save(conversion: Conversion, directory: str) -> None:
     json.dump(conversion.metadata(), f, indent=2)
 
 
-def load_converted(directory: str, **overrides: Any
-                   ) -> tuple[Inception, dict[str, Any], dict[str, Any]]:
+def load_converted(directory: str, sharding: jax.sharding.Sharding | None = None,
+                   **overrides: Any) -> tuple[Inception, dict[str, Any], dict[str, Any]]:
   """Reads a `save`d directory: (model, {'params', 'batch_stats'}, model.json contents).
 
   `overrides` are `create_model` options that leave the weights as they are
   (`dtype`, `scan_blocks`, `remat`, `dropout_rate`, ...); with `scan_blocks` the
-  variables come back stacked.
+  variables come back stacked. With `sharding` (e.g. replicated over a mesh of several
+  processes) the variables are restored placed so.
 
   Raises:
     ValueError: if `directory` holds no model.json, or its variables do not fit.
@@ -346,6 +353,9 @@ def load_converted(directory: str, **overrides: Any
   model = create_model(options.pop('name'), num_classes=meta['num_classes'], **options)
   unrolled = model.clone(scan_blocks=False)
   template = unflatten(model_variables(unrolled))
+  if sharding is not None:
+    template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                            template)
   variables = checkpointing.load_variables(os.path.join(directory, VARIABLES_DIR), template)
   variables = {k: variables[k] for k in ('params', 'batch_stats')}
   if model.scan_blocks:

@@ -12,8 +12,12 @@ other TFDS dataset must have been built beforehand (`tfds build`).
 
 Config keys read (see `DATA_KEYS`): dataset ('offline_shapes', a TFDS name or
 'image_folder'), data_dir, manual_dir, image_folder, train_split, eval_split,
-image_size, color_distortion, shuffle_buffer_size, seed, eval_crop_fraction and
-cache (in-memory cache of the decoded training examples).
+image_size, shuffle_buffer_size, seed, eval_crop_fraction, cache (in-memory cache
+of the decoded training examples), data_threads and data_ram_budget_gb (tf.data's
+private thread pool and its autotuner's memory budget).
+
+Batches hold uint8 images; the step scales them and applies the colour distortion on
+the devices (`augment.py`).
 """
 
 import dataclasses
@@ -32,6 +36,7 @@ import tensorflow_datasets as tfds
 
 from inception_jax.data import offline
 from inception_jax.data import preprocessing
+from inception_jax.data import synthetic
 
 OFFLINE_DATASET = offline.OfflineShapes.name
 IMAGE_FOLDER = 'image_folder'
@@ -45,11 +50,12 @@ DATA_KEYS = (
     'train_split',
     'eval_split',
     'image_size',
-    'color_distortion',
     'shuffle_buffer_size',
     'seed',
     'eval_crop_fraction',
     'cache',
+    'data_threads',
+    'data_ram_budget_gb',
 )
 
 Batch = dict[str, np.ndarray]
@@ -100,7 +106,7 @@ def _get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     close = difflib.get_close_matches(config.dataset, tfds.list_builders(), n=3)
     raise ValueError(
         f'unknown dataset {config.dataset!r}; valid: {OFFLINE_DATASET}, {OFFLINE_DATASET}/tiny,'
-        f' {IMAGE_FOLDER} or a TFDS name (tfds.list_builders())'
+        f' {IMAGE_FOLDER}, {synthetic.NAME} or a TFDS name (tfds.list_builders())'
         + (f'; did you mean {", ".join(close)}?' if close else '')) from None
 
 
@@ -187,15 +193,49 @@ def _processes(process_index, process_count) -> tuple[int, int]:
   return process_index, process_count
 
 
-def _finish(ds: tf.data.Dataset) -> Iterator[Batch]:
+def _finish(ds: tf.data.Dataset, config) -> Iterator[Batch]:
   options = tf.data.Options()
   options.deterministic = True
+  # A pool of its own, so that tf.data's threads do not queue behind other TensorFlow work.
+  if config.data_threads:
+    options.threading.private_threadpool_size = config.data_threads
+  if config.data_ram_budget_gb:
+    options.autotune.ram_budget = int(config.data_ram_budget_gb * 2**30)
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def with_holdout(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with a minival carved off the end of its train split, when asked.
+
+  With `holdout_fraction` f > 0, the last f of `train_split` (at least one example) becomes
+  the split that training evaluates on, and training reads the rest: sweeps choose on
+  data they do not report on. Deterministic, and each host reads its part of both as of
+  any split. `eval_split` stays for final numbers (`experiments.evaluate`).
+  """
+  fraction = config.holdout_fraction
+  if not fraction:
+    return config
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f'holdout_fraction={fraction!r} is invalid: give a fraction in (0, 1), '
+                     'or 0 to evaluate on eval_split')
+  if '[' in config.train_split:
+    raise ValueError(f'holdout_fraction needs an unsliced train_split; got '
+                     f'{config.train_split!r}')
+  data = _data_config(config)
+  total = _split_size(_get_builder(data), data.train_split, data)
+  held = max(1, round(total * fraction))
+  out = config.copy_and_resolve_references()
+  out.train_split = f'{config.train_split}[:{total - held}]'
+  out.eval_split = f'{config.train_split}[{total - held}:]'
+  return out
 
 
 def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Number of classes and (global) sizes of the train and eval splits."""
   config = _data_config(config)
+  if config.dataset == synthetic.NAME:
+    return DatasetInfo(synthetic.NUM_CLASSES, synthetic.NUM_TRAIN_EXAMPLES,
+                       synthetic.NUM_EVAL_EXAMPLES)
   builder = _get_builder(config)
   return DatasetInfo(
       num_classes=builder.info.features['label'].num_classes,
@@ -214,8 +254,8 @@ def create_train_iterator(
 ) -> Iterator[Batch]:
   """Infinite stream of augmented training batches, starting at `start_step`.
 
-  Batches are {'image': float32 [B, S, S, 3] in [-1, 1], 'label': int32 [B],
-  'mask': float32 [B] of ones}. Batches run across epoch boundaries.
+  Batches are {'image': uint8 [B, S, S, 3], 'label': int32 [B], 'mask': float32 [B]
+  of ones}. Batches run across epoch boundaries.
   """
   config = _data_config(config)
   process_index, process_count = _processes(process_index, process_count)
@@ -250,9 +290,7 @@ def create_train_iterator(
 
   def augment(position: tf.Tensor, example: Example) -> Example:
     seed = tf.random.experimental.stateless_fold_in(augment_key, position)
-    image = preprocessing.preprocess_for_train(
-        example['image'], seed, config.image_size, config.color_distortion
-    )
+    image = preprocessing.preprocess_for_train(example['image'], seed, config.image_size)
     return {'image': image, 'label': example['label'], 'mask': tf.ones([])}
 
   first_epoch, offset = divmod(start_step * local_batch_size, epoch_size)
@@ -260,7 +298,7 @@ def create_train_iterator(
   ds = ds.skip(offset)
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.ignore_errors(log_warning=True)  # Skip corrupt images.
-  return _finish(ds.batch(local_batch_size, drop_remainder=True))
+  return _finish(ds.batch(local_batch_size, drop_remainder=True), config)
 
 
 def create_eval_iterator(
@@ -292,7 +330,7 @@ def create_multicrop_eval_iterator(
 ) -> Iterator[Batch]:
   """Like `create_eval_iterator`, with the `crops` views of each example.
 
-  Batches are {'image': float32 [B, crops, S, S, 3], 'label', 'mask'}; the views
+  Batches are {'image': uint8 [B, crops, S, S, 3], 'label', 'mask'}; the views
   are `preprocessing.eval_views` (crops=1 is `create_eval_iterator`'s central crop).
   """
   config = _data_config(config)
@@ -326,7 +364,7 @@ def _eval_iterator(config, preprocess, local_batch_size, process_index,
   ds = ds.map(functools.partial(_pad_batch, batch_size=local_batch_size))
   padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(num_batches)
-  return _finish(ds)
+  return _finish(ds, config)
 
 
 def _pad_batch(batch: Example, batch_size: int) -> Example:

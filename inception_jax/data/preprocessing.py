@@ -1,9 +1,9 @@
 """Inception preprocessing (Szegedy et al. 2016, 2017) as plain functions on tf tensors.
 
 Training: random distorted bounding-box crop (5-100% of the area, aspect ratio
-3/4-4/3), bilinear resize, random horizontal flip and optional colour
-distortion. Evaluation: central crop of a fraction of each side, bilinear
-resize. Both return float32 pixels in [-1, 1].
+3/4-4/3), bilinear resize, random horizontal flip. Evaluation: central crop of a
+fraction of each side, bilinear resize. Both return uint8 pixels: the devices scale
+them to [-1, 1] and apply the colour distortion inside the step (`augment.py`).
 
 Every random choice comes from a stateless op keyed by a per-example `seed`
 (int tensor of shape [2]), so an augmented example is a pure function of
@@ -71,15 +71,19 @@ def decode(image: tf.Tensor) -> tf.Tensor:
   return decoded
 
 
-def decode_and_crop(image: tf.Tensor, window_fn: WindowFn) -> tf.Tensor:
-  """Returns the uint8 [h, w, 3] crop `window_fn(shape)` of `image`."""
+def decode_and_crop(image: tf.Tensor, window_fn: WindowFn, dct_method: str = '') -> tf.Tensor:
+  """Returns the uint8 [h, w, 3] crop `window_fn(shape)` of `image`.
+
+  `dct_method='INTEGER_FAST'` decodes a JPEG a quarter faster with slightly coarser
+  rounding (training's random crops); '' is libjpeg's accurate default (evaluation).
+  """
   if image.dtype != tf.string:
     offset_y, offset_x, height, width = window_fn(tf.shape(image))
     return tf.slice(image, [offset_y, offset_x, 0], [height, width, -1])
 
   def jpeg():
     window = tf.stack(window_fn(tf.image.extract_jpeg_shape(image)))
-    return tf.image.decode_and_crop_jpeg(image, window, channels=3)
+    return tf.image.decode_and_crop_jpeg(image, window, channels=3, dct_method=dct_method)
 
   def other_format():
     return decode_and_crop(decode(image), window_fn)
@@ -89,56 +93,46 @@ def decode_and_crop(image: tf.Tensor, window_fn: WindowFn) -> tf.Tensor:
   return cropped
 
 
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+  """Float pixels in [0, 255] -> uint8, rounded."""
+  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+
+
 def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-  """Bilinear resize to [image_size, image_size], float32 in [0, 1]."""
+  """Bilinear resize to [image_size, image_size], uint8."""
   # No antialiasing, as in the reference preprocessing; the aspect ratio of the
   # crop is not preserved, which is part of the augmentation.
   image = tf.image.resize(image, [image_size, image_size], method='bilinear')
   image.set_shape([image_size, image_size, 3])
-  return image / 255.0
+  # Bilinear weights sum to one: the values stay in [0, 255], and +0.5 then truncation
+  # rounds them (one pass, where round, clip and cast take three).
+  return tf.cast(image + 0.5, tf.uint8)
 
 
-def distort_colour(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """Random brightness, saturation, hue and contrast of a [0, 1] image.
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Left-right flip with probability 1/2: one reverse or none (a `where` reads both)."""
+  flip = tf.random.stateless_uniform([], seed) < 0.5
+  return tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
 
-  One fixed order of the four ops (TF-Slim's fast mode) with the same ranges.
+
+def preprocess_for_train(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Inception training crop, flip and resize: uint8 [image_size, image_size, 3].
+
+  The flip comes before the resize, on the (usually smaller) crop: bilinear resizing
+  with half-pixel centres commutes with it.
   """
-  seeds = tf.random.experimental.stateless_split(seed, num=4)
-  image = tf.image.stateless_random_brightness(image, 32.0 / 255.0, seeds[0])
-  image = tf.image.stateless_random_saturation(image, 0.5, 1.5, seeds[1])
-  image = tf.image.stateless_random_hue(image, 0.2, seeds[2])
-  image = tf.image.stateless_random_contrast(image, 0.5, 1.5, seeds[3])
-  return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def _to_signed_unit_range(image: tf.Tensor) -> tf.Tensor:
-  return image * 2.0 - 1.0
-
-
-def preprocess_for_train(
-    image: tf.Tensor,
-    seed: tf.Tensor,
-    image_size: int,
-    color_distortion: bool = True,
-) -> tf.Tensor:
-  """Inception training augmentation; float32 [image_size, image_size, 3] in [-1, 1]."""
-  crop_seed, flip_seed, colour_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=3)
-  )
-  image = decode_and_crop(image, lambda shape: distorted_crop_window(shape, crop_seed))
-  image = resize(image, image_size)
-  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  if color_distortion:
-    image = distort_colour(image, colour_seed)
-  return _to_signed_unit_range(image)
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+  image = decode_and_crop(image, lambda shape: distorted_crop_window(shape, crop_seed),
+                          dct_method='INTEGER_FAST')
+  return resize(random_flip(image, flip_seed), image_size)
 
 
 def preprocess_for_eval(
     image: tf.Tensor, image_size: int, crop_fraction: float = 0.875
 ) -> tf.Tensor:
-  """Central crop and resize; float32 [image_size, image_size, 3] in [-1, 1]."""
+  """Central crop and resize: uint8 [image_size, image_size, 3]."""
   image = decode_and_crop(image, lambda shape: central_crop_window(shape, crop_fraction))
-  return _to_signed_unit_range(resize(image, image_size))
+  return resize(image, image_size)
 
 
 # --- Multi-crop evaluation views ------------------------------------------------
@@ -183,11 +177,10 @@ def three_squares(image: tf.Tensor) -> list[tf.Tensor]:
 
 
 def _with_mirrors(views: list[tf.Tensor], image_size: int) -> tf.Tensor:
-  """[2V, S, S, 3] in [-1, 1]: the views, then each one flipped left-right."""
+  """[2V, S, S, 3] uint8: the views, then each one flipped left-right."""
   stacked = tf.stack(views)
   stacked.set_shape([len(views), image_size, image_size, 3])
-  views = tf.concat([stacked, tf.image.flip_left_right(stacked)], axis=0)
-  return _to_signed_unit_range(views / 255.0)
+  return to_uint8(tf.concat([stacked, tf.image.flip_left_right(stacked)], axis=0))
 
 
 def _googlenet_views(image: tf.Tensor, image_size: int, scales: tuple[int, ...],
@@ -204,7 +197,7 @@ def _googlenet_views(image: tf.Tensor, image_size: int, scales: tuple[int, ...],
 
 def eval_views(image: tf.Tensor, crops: int, image_size: int,
                crop_fraction: float = 0.875) -> tf.Tensor:
-  """The `crops` evaluation views of one image: float32 [crops, S, S, 3] in [-1, 1].
+  """The `crops` evaluation views of one image: uint8 [crops, S, S, 3].
 
   1: `preprocess_for_eval`, the central crop of training's evaluation.
   10: shorter side resized to 256 (for S = 224), the four corner and the centre

@@ -16,7 +16,8 @@ from inception_jax.models.networks import (ARCHS, MIN_IMAGE_SIZE, STEM_STRIDES, 
 __all__ = ['ARCHS', 'VARIANTS', 'MIN_IMAGE_SIZE', 'Inception', 'create_model', 'model_options',
            'stack_repeats', 'unstack_repeats', 'upgrade_options']
 
-_DTYPES = ('float32', 'bfloat16', 'float16')
+# float16 would need loss scaling; bfloat16 has float32's range and needs none.
+_DTYPES = ('float32', 'bfloat16')
 # Options of earlier versions that chose how XLA:CPU computes the same function; a config
 # or run directory that has them still builds its network.
 _LEGACY_KERNEL_OPTIONS = ('conv1x1_as_dot', 'conv_backward_nhwc', 'cpu_kernels')
@@ -25,7 +26,7 @@ _LEGACY_KERNEL_OPTIONS = ('conv1x1_as_dot', 'conv_backward_nhwc', 'cpu_kernels')
 def model_options() -> tuple[str, ...]:
   """The keyword options `create_model` accepts."""
   return tuple(f.name for f in dataclasses.fields(Inception)
-               if f.name not in ('arch', 'parent', 'name'))
+               if f.name not in ('arch', 'parent', 'name', 'platform'))
 
 
 def upgrade_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +105,8 @@ def create_model(name: str, *, num_classes: int = 1000, platform: str | None = N
                      'a branch of Mixed_3a (Fig. 3); it applies to inception_v3, '
                      'inception_resnet_v1 and inception_resnet_v2 (slim)')
   ops.check(options.get('kernels', 'auto'), options.get('cpu_conv_library', 'eigen'))
-  options['kernels'] = ops.resolve(options.get('kernels', 'auto'), platform)
+  options['platform'] = ops.platform_name(platform)
+  options['kernels'] = ops.resolve(options.get('kernels', 'auto'), options['platform'])
   group = options.get('bn_group_size', 0)
   if isinstance(group, bool) or not isinstance(group, numbers.Integral) or group < 0:
     raise ValueError(f'bn_group_size={group!r} is invalid: give the images per BatchNorm '

@@ -272,7 +272,7 @@ class AuxHead(nn.Module):
                     (0, 0)))
     x = ConvBN(conv(768, 5, padding='VALID'), self.opts, name='Conv2d_2a_5x5')(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.opts.dtype, name='Logits')(x)
+    return nn.Dense(self.num_classes, dtype=jnp.float32, name='Logits')(x)  # As the network's.
 
 
 # --- Inception-ResNet blocks ---------------------------------------------------

@@ -177,6 +177,7 @@ class Inception(nn.Module):
   remat: bool = False
   kernels: str = 'reference'
   cpu_conv_library: str = 'eigen'
+  platform: str = 'cpu'  # Where the steps are compiled for: which compiler options apply.
   stem_stride: int = 2
   stem_pool: bool = True
   avg_pool_include_pad: bool = False
@@ -188,7 +189,7 @@ class Inception(nn.Module):
   @property
   def compiler_options(self) -> dict[str, Any] | None:
     """The XLA options every jit of this network's steps is given (`jax.jit(compiler_options=)`)."""
-    return self.kernel_set.compiler_options(self.scan_blocks)
+    return self.kernel_set.compiler_options(self.scan_blocks, self.platform)
 
   @property
   def layer_options(self) -> LayerOptions:
@@ -236,10 +237,11 @@ class Inception(nn.Module):
     self.sow('intermediates', 'pre_pool', x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='Logits')(x)
-    logits = logits.astype(jnp.float32)
+    # The classifier in float32 whatever the compute dtype: a small matmul, and its kernel
+    # gradient is then summed over the batch and all-reduced in float32, not bf16.
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32, name='Logits')(x)
     if aux is not None and train:
-      return logits, aux.astype(jnp.float32)
+      return logits, aux
     return logits
 
   def _apply_stage(self, stage: Stage, x: jax.Array, train: bool) -> jax.Array:

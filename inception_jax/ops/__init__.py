@@ -28,7 +28,7 @@ AUTO = {'cpu': 'xla_cpu', 'gpu': 'reference', 'tpu': 'reference'}
 _PLATFORM_NAMES = {'cuda': 'gpu', 'rocm': 'gpu'}
 
 __all__ = ['AUTO', 'CONV_LIBRARIES', 'KERNELS', 'KERNEL_SETS', 'Reference', 'XlaCpu',
-           'check', 'get', 'platform_of', 'resolve']
+           'check', 'get', 'platform_name', 'platform_of', 'resolve']
 
 
 def platform_of(devices: Iterable[jax.Device] | None = None) -> str:
@@ -36,7 +36,12 @@ def platform_of(devices: Iterable[jax.Device] | None = None) -> str:
   platforms = {d.platform for d in devices} if devices is not None else {jax.default_backend()}
   if len(platforms) != 1:
     raise ValueError(f'devices of several platforms: {sorted(platforms)}')
-  platform = platforms.pop()
+  return platform_name(platforms.pop())
+
+
+def platform_name(platform: str | None) -> str:
+  """'cuda' and 'rocm' are 'gpu'; None is this process's backend."""
+  platform = platform or jax.default_backend()
   return _PLATFORM_NAMES.get(platform, platform)
 
 
@@ -54,8 +59,7 @@ def resolve(kernels: str, platform: str | None = None) -> str:
   check(kernels)
   if kernels != 'auto':
     return kernels
-  platform = platform or platform_of()
-  return AUTO.get(_PLATFORM_NAMES.get(platform, platform), 'reference')
+  return AUTO.get(platform_name(platform), 'reference')
 
 
 def get(kernels: str, cpu_conv_library: str = 'eigen') -> Reference:

@@ -151,11 +151,19 @@ class Reference:
     """The sum of each array over every axis but the last."""
     return tuple(jnp.sum(a, axis=tuple(range(a.ndim - 1))) for a in arrays)
 
+  def select_tree(self, pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """`on_true` where the scalar `pred` holds, else `on_false` (a skipped update).
+
+    A `where` per leaf: the predicate stays on the device (XLA:GPU runs a `cond` by
+    copying its predicate to the host, a sync every step).
+    """
+    return jax.tree.map(lambda t, f: jnp.where(pred, t, f), on_true, on_false)
+
   def block_output(self, x: jax.Array) -> jax.Array:
     """Where a residual block's output leaves it (a set may want it materialized)."""
     return x
 
-  def compiler_options(self, scan_blocks: bool) -> dict[str, Any] | None:
-    """XLA options for every jit of a network computed with this set."""
-    del scan_blocks
+  def compiler_options(self, scan_blocks: bool, platform: str) -> dict[str, Any] | None:
+    """XLA options for every jit of a network computed with this set on `platform`."""
+    del scan_blocks, platform
     return None

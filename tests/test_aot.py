@@ -1,0 +1,84 @@
+"""Deviceless compiles: the steps compiled for a TPU slice, and what their HLO must show.
+
+The TPU tests need libtpu (`pip install -r requirements-tpu.txt`, in a venv of its own;
+`.ci/run` makes one and runs this file there); elsewhere they are skipped and the CPU
+ones run.
+"""
+
+import importlib.util
+import os
+
+import jax
+import pytest
+
+from inception_jax import aot
+from tests.util import tiny_config
+
+HAS_LIBTPU = importlib.util.find_spec('libtpu') is not None
+needs_libtpu = pytest.mark.skipif(
+    not HAS_LIBTPU, reason='needs libtpu: pip install -r requirements-tpu.txt')
+os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+
+HLO = '''
+  %all-reduce-start.3 = (f32[1024]{0}, bf16[16,8]{1,0}) all-reduce-start(%a, %b), channel_id=1
+  %all-reduce-done.3 = (f32[1024]{0}, bf16[16,8]{1,0}) all-reduce-done(%all-reduce-start.3)
+  %all-reduce.7 = f32[3,3,32,64]{3,2,1,0} all-reduce(%c), channel_id=2, to_apply=%add
+  %all-gather.1 = s32[8]{0} all-gather(%d), dimensions={0}
+  %fusion.2 = f32[8]{0} fusion(%e), kind=kLoop
+'''
+
+
+def test_collectives_are_counted_with_their_dtypes_and_bytes():
+  assert aot.collectives(HLO) == {
+      'all-reduce': {'f32': {'count': 2, 'bytes': 4 * 1024 + 4 * 3 * 3 * 32 * 64},
+                     'bf16': {'count': 1, 'bytes': 2 * 16 * 8}},
+      'all-gather': {'s32': {'count': 1, 'bytes': 32}}}
+
+
+@pytest.mark.parametrize('target', ['v5e', 'v5e:2x2x2x2', 'h100:8', 'tpu:2x2', 'v9:2x2'])
+def test_an_unknown_target_lists_the_valid_ones(target):
+  with pytest.raises(ValueError, match=f"target='{target}' is invalid; valid: cpu, a TPU "):
+    aot.parse_target(target)
+
+
+@pytest.fixture
+def optimized():
+  """XLA's full pipeline, as a real run compiles (the tests turn most passes off)."""
+  jax.config.update('jax_disable_most_optimizations', False)
+  yield
+  jax.config.update('jax_disable_most_optimizations', True)
+
+
+def _tiny(data_dir, **overrides):
+  return tiny_config(data_dir, **{'model.name': 'inception_resnet_v2', 'model.variant': 'slim',
+                                  'model.dtype': 'bfloat16', 'batch_size': 32,
+                                  'eval_batch_size': 32, **overrides})
+
+
+def test_the_cpu_target_compiles_with_the_cpu_kernels(tiny_data_dir):
+  config = _tiny(tiny_data_dir)
+  devices = aot.target_devices('cpu')
+  model, (train,) = aot.compile_steps(config, devices, num_classes=10, names=['train'])
+  assert model.kernels == 'xla_cpu'
+  record = aot.analyze(train, devices, config.batch_size)
+  assert record['devices'] == 4 and record['per_device_batch'] == 8
+  assert record['gflop'] > 0 and record['temp_gb'] > 0 and record['fusions'] > 0
+  assert aot.collective_count(record) > 0  # The gradients' all-reduce, at least.
+
+
+@needs_libtpu
+@pytest.mark.parametrize('group', [0, 8])
+def test_tpu_train_step_reduces_gradients_in_float32(tiny_data_dir, optimized, group):
+  """bf16 compute on a v5e slice: no all-reduce carries bf16, BatchNorm's groups of the
+  per-chip batch need no statistics all-reduce, and memory stays within its pinned bound."""
+  config = _tiny(tiny_data_dir, **{'model.bn_group_size': group})
+  devices = aot.target_devices('v5e:2x2')
+  model, (train,) = aot.compile_steps(config, devices, num_classes=10, names=['train'])
+  assert model.kernels == 'reference'  # auto, resolved for the TPU devices
+  record = aot.analyze(train, devices, config.batch_size)
+  assert record['device_kind'] == 'TPU v5 lite' and record['per_device_batch'] == 8
+  assert aot.reduced_dtypes(record) <= {'f32', 'u32', 's32', 'pred'}, record['collectives']
+  # Measured: 178 all-reduces with global BatchNorm (two per BatchNorm layer), 4 with
+  # per-chip groups (the combined gradients, the metrics); temporaries 1-6 MB.
+  assert aot.collective_count(record) <= (200 if group == 0 else 10), record['collectives']
+  assert record['temp_gb'] < 0.05
