@@ -81,6 +81,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   import numpy as np
   from configs import default
   from inception_jax import optim, steps
+  from inception_jax.data import augment
 
   rss_after_import = _peak_rss_mb()
   config = default.imagenet(default.get_config(), setting.model)
@@ -104,8 +105,9 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
     state = jax.jit(functools.partial(steps.create_train_state, model, config, tx))()
   rng = np.random.RandomState(0)
   batch = {
-      'image': jnp.asarray(rng.uniform(-1, 1, (setting.batch, setting.image_size,
-                                                setting.image_size, 3)), jnp.float32),
+      # uint8, as training's batches: the step scales them on the device.
+      'image': jnp.asarray(rng.randint(0, 256, (setting.batch, setting.image_size,
+                                                setting.image_size, 3)), jnp.uint8),
       'label': jnp.asarray(rng.randint(0, args.num_classes, setting.batch), jnp.int32)}
   num_params = sum(p.size for p in jax.tree.leaves(state.params))
 
@@ -135,12 +137,13 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   train_rss = _peak_rss_mb()
 
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  images = augment.to_signed_unit_range(batch['image'])
   infer_fn = lambda v, x: model.apply(v, x, train=False)
   start = time.perf_counter()
   infer = jax.jit(infer_fn, compiler_options=model.compiler_options).lower(
-      variables, batch['image']).compile()
+      variables, images).compile()
   infer_compile_s = time.perf_counter() - start
-  run_infer = lambda: jax.block_until_ready(infer(variables, batch['image']))
+  run_infer = lambda: jax.block_until_ready(infer(variables, images))
   for _ in range(args.warmup + 1):
     run_infer()
   infer_s = common.median_seconds(run_infer, args.steps)
@@ -158,7 +161,7 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
     train_flops = float((lowered.cost_analysis() or {}).get('flops', 0.0))
   infer_flops = _flops(lambda v, x: plain_model.apply(v, x, train=False),
                        {'params': plain_state.params, 'batch_stats': plain_state.batch_stats},
-                       batch['image'])
+                       images)
 
   result = dataclasses.asdict(setting)
   result.update(

@@ -45,7 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.color_distortion = False    # Inception colour distortion in training (on the devices).
   config.eval_crop_fraction = 0.875  # Central crop for evaluation.
   config.shuffle_buffer_size = 5_000
-  config.cache = True                # Keep decoded examples in memory (small datasets).
+  config.cache = True                # Keep decoded examples in memory (small TFRecord datasets).
+  config.data_file_format = 'tfrecord'  # The offline dataset's: 'array_record' resumes in O(1).
   config.data_threads = 0            # tf.data's private thread pool (0: its shared default).
   config.data_ram_budget_gb = 0.0    # tf.data autotuner's memory budget (0: its default).
   config.prefetch_batches = 2        # Batches moved to the devices ahead of their step.

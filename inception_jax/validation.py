@@ -13,6 +13,7 @@ from inception_jax import optim
 from inception_jax.models import MIN_IMAGE_SIZE, create_model
 
 NONFINITE_POLICIES = ('skip', 'stop')
+FILE_FORMATS = ('tfrecord', 'array_record')
 # Keys whose change does not make a workdir a different run (resuming with them is fine):
 # the schedule's length, where things are, and how the same function is computed.
 RESUMABLE_KEYS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_every_steps',
@@ -48,6 +49,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(config, key, integer=True)
   if config.num_train_steps <= 0:
     _positive(config, 'num_epochs')
+  if config.data_file_format not in FILE_FORMATS:
+    raise ValueError(f'data_file_format={config.data_file_format!r} is invalid; valid: '
+                     f'{", ".join(FILE_FORMATS)}')
   if config.nonfinite_policy not in NONFINITE_POLICIES:
     raise ValueError(f'nonfinite_policy={config.nonfinite_policy!r} is invalid; valid: '
                      f'{", ".join(NONFINITE_POLICIES)}')

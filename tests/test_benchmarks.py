@@ -1,4 +1,4 @@
-"""benchmarks/step_time.py: its JSON records, its table and its command-line errors."""
+"""The benchmark scripts: their JSON records, tables and command-line errors."""
 
 import json
 import os
@@ -100,3 +100,29 @@ def test_compare_timm_names_the_interpreter_without_torch(named):
   assert error.startswith(f'step_time.py: error: --compare_timm: {python} cannot import '
                           'PyTorch and timm'), proc.stderr
   assert peers.TIMM_INSTALL in error
+
+
+def _records(proc: subprocess.CompletedProcess) -> list[dict]:
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_input_pipeline_benchmark_reports_images_per_core():
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'input_pipeline.py'),
+                         '--mode=train,eval', '--images=40', '--image_size=75', '--json'],
+                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  records = _records(proc)
+  assert [r['mode'] for r in records] == ['train', 'eval']
+  assert all(r['images_per_s'] > 0 and r['images_per_s_per_core'] == r['images_per_s']
+             for r in records)
+
+
+def test_resume_benchmark_times_both_formats(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'resume.py'),
+                         '--dataset=offline_shapes/tiny', f'--data_dir={tmp_path}', '--batch=16',
+                         '--json'], capture_output=True, text=True, timeout=600, cwd=REPO)
+  records = _records(proc)
+  assert [r['file_format'] for r in records] == ['tfrecord', 'array_record']
+  for r in records:
+    assert r['examples'] == 200 and r['position'] == 176  # 90% of 200, whole batches of 16.
+    assert r['first_batch_s'] > 0 and r['first_batch_from_start_s'] > 0

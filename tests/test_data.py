@@ -39,6 +39,7 @@ def make_config(data_dir, **overrides) -> ml_collections.ConfigDict:
           cache=False,
           data_threads=0,
           data_ram_budget_gb=0.0,
+          data_file_format='tfrecord',
       )
   )
   config.update(overrides)
@@ -50,6 +51,21 @@ def tiny_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('tfds')
   input_pipeline.get_dataset_info(make_config(data_dir))  # Generates it.
   return data_dir
+
+
+@pytest.fixture(scope='module')
+def array_record_dir(tmp_path_factory):
+  """The tiny dataset stored as ArrayRecord: read by index."""
+  data_dir = tmp_path_factory.mktemp('tfds_array_record')
+  input_pipeline.get_dataset_info(make_config(data_dir, data_file_format='array_record'))
+  return data_dir
+
+
+@pytest.fixture(params=['tfrecord', 'array_record'])
+def stored(request, tiny_dir, array_record_dir):
+  """(data_dir, file_format) of the tiny dataset in each of its two formats."""
+  return (tiny_dir, 'tfrecord') if request.param == 'tfrecord' else (array_record_dir,
+                                                                       'array_record')
 
 
 def take(iterator, num):
@@ -126,10 +142,14 @@ def test_train_batches(tiny_dir):
 
 
 @pytest.mark.parametrize('cache', [False, True])
-def test_train_resume_is_exact_across_epochs(tiny_dir, cache):
+def test_train_resume_is_exact_across_epochs(stored, cache):
   # 200 examples in batches of 16: epoch 0 ends inside batch 12, epoch 1 at the
-  # end of batch 24.
-  config = make_config(tiny_dir, cache=cache, shuffle_buffer_size=64)
+  # end of batch 24. ArrayRecord: read by index from the position (`cache` unused).
+  data_dir, file_format = stored
+  if cache and file_format == 'array_record':
+    pytest.skip('cache applies to TFRecord splits')
+  config = make_config(data_dir, cache=cache, shuffle_buffer_size=64,
+                       data_file_format=file_format)
 
   def stream(start_step, num):
     return train_batches(
@@ -147,8 +167,9 @@ def test_train_resume_is_exact_across_epochs(tiny_dir, cache):
   assert not np.array_equal(*epochs)
 
 
-def test_eval_covers_every_example_once(tiny_dir):
-  config = make_config(tiny_dir)
+def test_eval_covers_every_example_once(stored, tiny_dir):
+  data_dir, file_format = stored
+  config = make_config(data_dir, data_file_format=file_format)
   batches = list(
       input_pipeline.create_eval_iterator(
           config, local_batch_size=16, process_index=0, process_count=1
@@ -161,7 +182,7 @@ def test_eval_covers_every_example_once(tiny_dir):
       np.concatenate([b['mask'] for b in batches]), [1.0] * 50 + [0.0] * 14
   )
 
-  builder = tfds.builder(TINY, data_dir=os.fspath(tiny_dir))
+  builder = tfds.builder(TINY, data_dir=os.fspath(tiny_dir))  # The same examples, as TFRecord.
   expected = [
       (int(ex['label']),
        preprocessing.preprocess_for_eval(ex['image'], IMAGE_SIZE).numpy().tobytes())
@@ -189,13 +210,14 @@ def test_processes_read_disjoint_parts(tiny_dir):
   assert not np.array_equal(train[0]['image'], train[1]['image'])
 
 
-def test_processes_train_on_disjoint_examples_over_an_epoch(tiny_dir, monkeypatch):
+def test_processes_train_on_disjoint_examples_over_an_epoch(stored, tiny_dir, monkeypatch):
   """Two processes' training streams over one epoch: each example of the split exactly
   once, by one process. The random crop is replaced by the central one, so that an
   example is known by its image."""
   monkeypatch.setattr(preprocessing, 'preprocess_for_train',
                       lambda image, seed, size: preprocessing.preprocess_for_eval(image, size))
-  config = make_config(tiny_dir)
+  data_dir, file_format = stored
+  config = make_config(data_dir, data_file_format=file_format)
   seen = []
   for i in range(2):
     stream = input_pipeline.create_train_iterator(config, local_batch_size=4, process_index=i,

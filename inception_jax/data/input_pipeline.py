@@ -5,7 +5,9 @@ part of the train split in the order of a shuffle seeded by (seed, process, e);
 the augmentation of the element at position p of the stream is seeded by
 (seed, process, p). So the stream started at `start_step=k` is, bitwise, the
 stream started at 0 without its first k batches, and resuming needs only the
-step: whole epochs are skipped by arithmetic, never read.
+step: whole epochs are skipped by arithmetic, never read. Within an epoch, a
+TFRecord split is re-read up to the position (a shuffle buffer's order); a split
+stored as ArrayRecord is read by index from there (`random_access.py`).
 
 Nothing is downloaded here. The offline dataset is generated on first use; any
 other TFDS dataset must have been built beforehand (`tfds build`).
@@ -13,8 +15,10 @@ other TFDS dataset must have been built beforehand (`tfds build`).
 Config keys read (see `DATA_KEYS`): dataset ('offline_shapes', a TFDS name or
 'image_folder'), data_dir, manual_dir, image_folder, train_split, eval_split,
 image_size, shuffle_buffer_size, seed, eval_crop_fraction, cache (in-memory cache
-of the decoded training examples), data_threads and data_ram_budget_gb (tf.data's
-private thread pool and its autotuner's memory budget).
+of the decoded training examples; TFRecord splits), data_threads and
+data_ram_budget_gb (tf.data's private thread pool and its autotuner's memory budget),
+data_file_format (how the offline dataset is generated: 'tfrecord' or 'array_record';
+other datasets are read as they were built).
 
 Batches hold uint8 images; the step scales them and applies the colour distortion on
 the devices (`augment.py`).
@@ -36,6 +40,7 @@ import tensorflow_datasets as tfds
 
 from inception_jax.data import offline
 from inception_jax.data import preprocessing
+from inception_jax.data import random_access
 from inception_jax.data import synthetic
 
 OFFLINE_DATASET = offline.OfflineShapes.name
@@ -56,6 +61,7 @@ DATA_KEYS = (
     'cache',
     'data_threads',
     'data_ram_budget_gb',
+    'data_file_format',
 )
 
 Batch = dict[str, np.ndarray]
@@ -86,7 +92,7 @@ def _get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     return tfds.ImageFolder(config.image_folder)
   if config.dataset.split('/')[0] == OFFLINE_DATASET:
     data_dir = os.path.expanduser(config.data_dir or _DEFAULT_DATA_DIR)
-    builder = tfds.builder(config.dataset, data_dir=data_dir)
+    builder = tfds.builder(config.dataset, data_dir=data_dir, file_format=config.data_file_format)
     if not builder.is_prepared():
       logging.info('Generating %s in %s (once).', config.dataset, data_dir)
       try:
@@ -132,6 +138,8 @@ def _not_prepared_error(builder: tfds.core.DatasetBuilder, config) -> ValueError
 
 def _as_dataset(builder, split, config) -> tf.data.Dataset:
   """Reads `split` in a fixed order with the images still encoded."""
+  if random_access.is_random_access(builder):
+    return random_access.in_order(_source(builder, split, config))
   try:
     ds = builder.as_dataset(
         split=split,
@@ -143,6 +151,13 @@ def _as_dataset(builder, split, config) -> tf.data.Dataset:
   except AssertionError as e:  # How TFDS says that no data was found.
     raise _not_prepared_error(builder, config) from e
   return ds.map(lambda ex: {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)})
+
+
+def _source(builder, split, config):
+  try:
+    return random_access.source(builder, split)
+  except (AssertionError, FileNotFoundError, ValueError) as e:
+    raise _not_prepared_error(builder, config) from e
 
 
 def _num_examples(ds: tf.data.Dataset) -> int:
@@ -171,13 +186,14 @@ def _read_process_split(
     per_process = _num_examples(ds) // process_count
     ds = ds.shard(process_count, process_index)
     return ds.take(per_process) if drop_remainder else ds
-  process_split = tfds.split_for_jax_process(
-      split,
-      process_index=process_index,
-      process_count=process_count,
-      drop_remainder=drop_remainder,
-  )
-  return _as_dataset(builder, process_split, config)
+  return _as_dataset(builder, _process_split(split, process_index, process_count,
+                                             drop_remainder), config)
+
+
+def _process_split(split: str, process_index: int, process_count: int,
+                   drop_remainder: bool):
+  return tfds.split_for_jax_process(split, process_index=process_index,
+                                    process_count=process_count, drop_remainder=drop_remainder)
 
 
 def _decode(example: Example) -> Example:
@@ -260,22 +276,45 @@ def create_train_iterator(
   config = _data_config(config)
   process_index, process_count = _processes(process_index, process_count)
   builder = _get_builder(config)
+  root = tf.constant([config.seed, process_index], tf.int64)
+  shuffle_key, augment_key = tf.unstack(tf.random.experimental.stateless_split(root, 2))
+  start = start_step * local_batch_size  # The stream's position of the first example.
+  if random_access.is_random_access(builder):
+    records = _source(builder, _process_split(config.train_split, process_index, process_count,
+                                              True), config)
+    _check_part(len(records), process_index, process_count, config)
+    ds = random_access.shuffled_stream(records, config.seed, process_index, start)
+  else:
+    ds = _buffered_stream(builder, config, process_index, process_count, shuffle_key, start)
+
+  def augment(position: tf.Tensor, example: Example) -> Example:
+    seed = tf.random.experimental.stateless_fold_in(augment_key, position)
+    image = preprocessing.preprocess_for_train(example['image'], seed, config.image_size)
+    return {'image': image, 'label': example['label'], 'mask': tf.ones([])}
+
+  ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.ignore_errors(log_warning=True)  # Skip corrupt images.
+  return _finish(ds.batch(local_batch_size, drop_remainder=True), config)
+
+
+def _check_part(size: int, process_index: int, process_count: int, config) -> None:
+  if not size:
+    raise ValueError(f'Process {process_index} of {process_count} has no examples of'
+                     f' {config.dataset!r} split {config.train_split!r}.')
+
+
+def _buffered_stream(builder, config, process_index: int, process_count: int,
+                     shuffle_key: tf.Tensor, start: int) -> tf.data.Dataset:
+  """(position, example) from `start` on: each epoch a seeded shuffle buffer's order."""
   examples = _read_process_split(
       builder, config, config.train_split, process_index, process_count,
       drop_remainder=True,  # Same epoch length on every process.
   )
   epoch_size = _num_examples(examples)
-  if not epoch_size:
-    raise ValueError(
-        f'Process {process_index} of {process_count} has no examples of'
-        f' {config.dataset!r} split {config.train_split!r}.'
-    )
+  _check_part(epoch_size, process_index, process_count, config)
   if config.cache:
     examples = examples.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
     examples = examples.ignore_errors(log_warning=True).cache()
-
-  root = tf.constant([config.seed, process_index], tf.int64)
-  shuffle_key, augment_key = tf.unstack(tf.random.experimental.stateless_split(root, 2))
 
   def epoch(index: tf.Tensor) -> tf.data.Dataset:
     shuffle_seed = tf.random.stateless_uniform(
@@ -288,17 +327,9 @@ def create_train_iterator(
     positions = tf.data.Dataset.range(index * epoch_size, (index + 1) * epoch_size)
     return tf.data.Dataset.zip(positions, order)
 
-  def augment(position: tf.Tensor, example: Example) -> Example:
-    seed = tf.random.experimental.stateless_fold_in(augment_key, position)
-    image = preprocessing.preprocess_for_train(example['image'], seed, config.image_size)
-    return {'image': image, 'label': example['label'], 'mask': tf.ones([])}
-
-  first_epoch, offset = divmod(start_step * local_batch_size, epoch_size)
+  first_epoch, offset = divmod(start, epoch_size)
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-  ds = ds.skip(offset)
-  ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.ignore_errors(log_warning=True)  # Skip corrupt images.
-  return _finish(ds.batch(local_batch_size, drop_remainder=True), config)
+  return ds.skip(offset)  # Re-reads the epoch up to the position: a shuffle buffer's order.
 
 
 def create_eval_iterator(

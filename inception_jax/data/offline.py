@@ -201,6 +201,9 @@ class OfflineShapes(tfds.core.GeneratorBasedBuilder):
           num_train_examples=200,
           num_test_examples=50,
       ),
+      # For benchmarks/resume.py: an epoch long enough that resuming mid-epoch shows its cost.
+      OfflineShapesConfig(name='100k', description='100,000 train / 1,000 test.',
+                          num_train_examples=100_000),
   ]
 
   @tfds.core.utils.classproperty
