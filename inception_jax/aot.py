@@ -138,22 +138,30 @@ def compile_steps(config: ml_collections.ConfigDict, devices: Sequence[jax.Devic
   return model, out
 
 
-def collectives(hlo: str) -> dict[str, dict[str, dict[str, float]]]:
-  """{kind: {dtype: {'count': n, 'bytes': b}}} of the collectives in optimized HLO text.
+def collectives(hlo: str) -> dict[str, dict[str, Any]]:
+  """{kind: {'ops': n, 'dtypes': {dtype: {'tensors': k, 'bytes': b}}}} of optimized HLO text.
 
-  An async pair (`all-reduce-start` / `-done`) counts once, at its start; a tuple-shaped
-  (combined) collective counts each element's dtype and bytes.
+  An async pair (`all-reduce-start` / `-done`) counts once, at its start. XLA combines
+  many reductions into one tuple-shaped collective: that is one op, carrying each of its
+  tensors (`tensors`, `bytes` per dtype).
   """
-  found: dict[str, dict[str, dict[str, float]]] = {}
-  pattern = re.compile(r'=\s*(\(?[^=]*?\)?)\s+(' + '|'.join(COLLECTIVES) + r')(-start)?\(')
-  for result, kind, _ in pattern.findall(hlo):
+  found: dict[str, dict[str, Any]] = {}
+  kinds = '|'.join(COLLECTIVES)
+  pattern = re.compile(r'^\s*%?[\w.-]+\s*=\s*(.*?)\s+(' + kinds + r')(?:-start)?\(')
+  for line in hlo.splitlines():
+    match = pattern.match(re.sub(r'/\*.*?\*/', '', line))  # Drop /*index=5*/ comments.
+    if not match:
+      continue
+    result, kind = match.groups()
+    entry = found.setdefault(kind, {'ops': 0, 'dtypes': {}})
+    entry['ops'] += 1
     for dtype, dims in re.findall(r'\b([a-z]+\d*)\[([\d,]*)\]', result):
       if dtype not in _DTYPE_BYTES:
         continue
       size = math.prod(int(d) for d in dims.split(',') if d) * _DTYPE_BYTES[dtype]
-      entry = found.setdefault(kind, {}).setdefault(dtype, {'count': 0, 'bytes': 0})
-      entry['count'] += 1
-      entry['bytes'] += size
+      tensors = entry['dtypes'].setdefault(dtype, {'tensors': 0, 'bytes': 0})
+      tensors['tensors'] += 1
+      tensors['bytes'] += size
   return found
 
 
@@ -196,9 +204,10 @@ def analyze(step: Compiled, devices: Sequence[jax.Device], batch_size: int) -> d
 
 
 def collective_count(record: dict[str, Any], kind: str = 'all-reduce') -> int:
-  return int(sum(v['count'] for v in record['collectives'].get(kind, {}).values()))
+  """How many `kind` ops a step runs (a combined, tuple-shaped one counts once)."""
+  return int(record['collectives'].get(kind, {}).get('ops', 0))
 
 
 def reduced_dtypes(record: dict[str, Any]) -> set[str]:
   """The dtypes that the step's all-reduces carry."""
-  return set(record['collectives'].get('all-reduce', {}))
+  return set(record['collectives'].get('all-reduce', {}).get('dtypes', {}))
