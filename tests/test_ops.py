@@ -151,10 +151,11 @@ def test_max_pool_and_its_gradient_are_flax_max_pool(kernels, spec):
   np.testing.assert_allclose(ours, want, rtol=1e-6, atol=1e-6)  # Sums in another order.
 
 
-def test_max_pool_gradient_goes_to_the_first_maximum():
+@pytest.mark.parametrize('kernels', SETS, ids=_ids)
+def test_max_pool_gradient_goes_to_the_first_maximum(kernels):
   # Two equal maxima in one 3x3 window: TF's MaxPoolGrad picks the first in row-major order.
   x = jnp.zeros((1, 3, 3, 1)).at[0, 0, 2, 0].set(1.0).at[0, 2, 0, 0].set(1.0)
-  opts = layers.LayerOptions(kernels=ops.XlaCpu())
+  opts = layers.LayerOptions(kernels=kernels)
   grad = jax.grad(lambda x: jnp.sum(layers.pool(layers.MAX_POOL_REDUCE, x, opts)))(x)
   np.testing.assert_array_equal(grad[0, :, :, 0], [[0, 0, 1], [0, 0, 0], [0, 0, 0]])
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -61,10 +60,6 @@ class XlaCpu(Reference):
     groups = num_groups(x.shape[0], group_size)
     mean, var = _batch_stats(lax.stop_gradient(x), groups)
     return _batch_norm_relu(x, scale, bias, epsilon, groups), mean.mean(0), var.mean(0)
-
-  def max_pool(self, x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
-               padding: str) -> jax.Array:
-    return _max_pool(x, window, strides, padding_pairs(x.shape[1:3], window, strides, padding))
 
   def add_bias(self, y: jax.Array, bias: jax.Array) -> jax.Array:
     return _add_bias(y, bias)
@@ -275,59 +270,3 @@ def _add_bias_bwd(bias, dy):
 _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
-# --- Max pool: the gradient to the first maximum, by tap index. ---------------------
-
-def _taps(window: Sequence[int], strides: Sequence[int],
-          out_hw: Sequence[int]) -> Iterator[tuple[int, int, tuple[slice, slice]]]:
-  """(a, b, rows and columns) for each tap of a window, row-major: the strided slice of
-  the padded NHWC input under tap (a, b) of every output's window."""
-  (sh, sw), (ho, wo) = strides, out_hw
-  for a in range(window[0]):
-    for b in range(window[1]):
-      yield a, b, (slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
-              pads: Pads) -> jax.Array:
-  """`nn.max_pool` whose gradient goes to the first maximum of each window, as in TF.
-
-  XLA differentiates a max pool with a variadic reduce-window that tracks the argmax
-  with index arrays, then scatters (3.5x slower). Here the forward pass walks the taps
-  of the window (a strided slice each, fused into one loop), keeping the maximum and
-  the index of the tap that first reached it; the gradient is one strided pad per tap.
-  The index is kept rather than found again by comparing the input with the output:
-  XLA may recompute an input fused into two loops with different rounding.
-  """
-  return nn.max_pool(x, window, strides, pads)
-
-
-def _max_pool_fwd(x, window, strides, pads):
-  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-  out_hw = tuple((p - k) // s + 1 for p, k, s in zip(padded.shape[1:3], window, strides))
-  best = first = None
-  for t, (_, _, (rows, cols)) in enumerate(_taps(window, strides, out_hw)):
-    tap = padded[:, rows, cols]
-    if best is None:
-      best, first = tap, jnp.zeros(tap.shape, jnp.int8)
-    else:
-      better = tap > best  # Strict: a tie keeps the earlier tap.
-      best, first = jnp.where(better, tap, best), jnp.where(better, jnp.int8(t), first)
-  # A zero-size array carries the input's shape to the backward pass.
-  return best, (first, jnp.zeros((0, *padded.shape[1:3]), jnp.int8))
-
-
-def _max_pool_bwd(window, strides, pads, residuals, dy):
-  first, padded_hw = residuals
-  (hp, wp), (sh, sw), (ho, wo) = padded_hw.shape[1:], strides, dy.shape[1:3]
-  dx = jnp.zeros((dy.shape[0], hp, wp, dy.shape[3]), dy.dtype)
-  for t, (a, b, _) in enumerate(_taps(window, strides, (ho, wo))):
-    # Back to the input grid: interior padding spreads the outputs `stride` apart.
-    dx += lax.pad(jnp.where(first == t, dy, 0), jnp.zeros((), dy.dtype),
-                  ((0, 0, 0), (a, hp - a - sh * (ho - 1) - 1, sh - 1),
-                   (b, wp - b - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)))
-  (top, bottom), (left, right) = pads
-  return (dx[:, top:hp - bottom, left:wp - right],)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
