@@ -16,14 +16,14 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from inception_jax import checkpointing
+from inception_jax import checkpointing, hugepages
 
 # What says that this may be one process of several: a launcher's variables (an explicit
 # coordinator, SLURM, Open MPI, a GKE TPU or JobSet pod), or a Cloud TPU VM's chips, whose
 # peers JAX finds from the VM's metadata. JAX's own cluster detection takes it from there.
 _LAUNCHER_ENV = ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID', 'OMPI_COMM_WORLD_SIZE',
                  'TPU_WORKER_HOSTNAMES', 'JOBSET_NAME')
-_TPU_CHIPS = ('/dev/accel[0-9]*', '/dev/vfio/[0-9]*')
+_TPU_CHIPS = hugepages.DEVICE_NODES['tpu']  # A Cloud TPU VM's chips.
 
 
 def cluster_hint(env: dict[str, str] | None = None,
