@@ -239,6 +239,55 @@ def test_conv_gradients_inside_a_scan_compile_to_nhwc_convs_only():
   assert labels(ops.Reference()) > {'b01f_01io->b01f'}
 
 
+def test_bias_gradient_is_a_vector_matrix_product_without_a_transposed_copy():
+  """The partial channel sums are the product's right operand: as its left one (an
+  einsum 'gkc,k->gc') XLA:CPU copied them transposed first."""
+  y = jax.random.normal(jax.random.key(0), (2, 5, 5, 24))
+
+  def transposes(add_bias):
+    grad = jax.grad(lambda b: jnp.sum(jnp.sin(add_bias(y * 0.1, b))))
+    return jax.jit(grad, compiler_options=EIGEN).lower(jnp.zeros(24)).compile().as_text().count(
+        ' transpose(')
+
+  assert transposes(ops.XlaCpu().add_bias) == 0
+
+
+def _pool_gradient_hlo(kernels: ops.Reference, group_size: int = 0) -> str:
+  """XLA:CPU's program for the gradient of conv -> BatchNorm + ReLU -> 3x3/2 max pool."""
+  x = jax.random.normal(jax.random.key(0), (4, 21, 21, 8))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 8, 8)) * 0.3
+
+  def loss(w):
+    y, _, _ = kernels.batch_norm_relu(kernels.conv(x, w, (1, 1), 'SAME'), jnp.ones(8),
+                                      jnp.zeros(8), 1e-3, group_size)
+    return jnp.sum(jnp.sin(kernels.max_pool(y, (3, 3), (2, 2), 'VALID')))
+
+  options = {**EIGEN, 'xla_disable_hlo_passes': 'cse_barrier_expander'}
+  return jax.jit(jax.grad(loss), compiler_options=options).lower(w).compile().as_text()
+
+
+def test_max_pool_gradient_needs_no_index_arrays_and_no_scatter():
+  """xla_cpu keeps one int8 tap index per output; XLA's own gradient builds int32 index
+  arrays of the input's size for a variadic reduce-window, then scatters."""
+  ours = _pool_gradient_hlo(ops.XlaCpu())
+  assert not re.search(r's32\[4,21,21,8\]| (select-and-)?scatter\(', ours)
+  assert re.search(r's8\[4,10,10,8\]', ours)
+  theirs = _pool_gradient_hlo(ops.Reference())
+  assert re.search(r's32\[4,21,21,8\]', theirs) and re.search(r' (select-and-)?scatter\(', theirs)
+
+
+def test_max_pool_gradient_taps_are_summed_once():
+  """With the batch as one BatchNorm group, no (1, N, ...) view sits between the pool's
+  gradient and the BatchNorm's, and XLA:CPU sums the nine taps' pads in one loop; through
+  such a view it summed them again in each consumer, reading nine arrays each time."""
+  def most_full_size_operands(text):
+    shapes = dict(re.findall(r'%([\w.\-]+) = (f32\[[\d,]+\])', text))
+    return max(sum(shapes.get(o) == 'f32[4,21,21,8]' for o in re.findall(r'%([\w.\-]+)', ops_))
+               for ops_ in re.findall(r'= \S+ fusion\(([^)]*)\)', text))
+
+  assert most_full_size_operands(_pool_gradient_hlo(ops.XlaCpu())) <= 3
+
+
 TINY = dict(width_multiplier=0.125, num_classes=7)
 X = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (2, 75, 75, 3)), jnp.float32)
 
