@@ -76,6 +76,11 @@ def emit(records: Sequence[dict[str, Any]], as_json: bool, table: Callable[..., 
       print(json.dumps(r), flush=True)
   else:
     print(table(records))
+  append_json(out, records)
+
+
+def append_json(out: str | None, records: Sequence[dict[str, Any]]) -> None:
+  """Appends one JSON line per record to the file `out` (nothing when `out` is empty)."""
   if out:
     with open(out, 'a') as f:
       f.writelines(json.dumps(r) + '\n' for r in records)

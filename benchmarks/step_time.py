@@ -312,6 +312,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help='the Python interpreter that has PyTorch and timm, e.g. another '
                       'venv\'s bin/python (default: this one)')
   p.add_argument('--json', action='store_true', help='one JSON object per setting per line')
+  p.add_argument('--out', default='',
+                 help='also append each setting\'s JSON line to this file as it is measured')
   p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--timm_worker', action='store_true', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -369,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   for setting in settings(args):
     record = run_setting(setting, args)
     records.append(record)
+    common.append_json(args.out, [record])  # As it comes: a long sweep keeps what it measured.
     if args.json:
       print(json.dumps(record), flush=True)
   if not args.json:
