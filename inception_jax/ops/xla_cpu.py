@@ -143,10 +143,14 @@ def _weight_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int],
 
   `Reference`'s `weight_grad_f32` sum, with the channels C as the batch, the images N
   as the features and `dy` as the kernel, written with transposes so that the conv
-  itself is in the NHWC/HWIO form that Eigen runs.
+  itself is in the NHWC/HWIO form that Eigen runs. `x` is transposed on its own, between
+  barriers, and padded after: XLA:CPU runs a plain transpose of a stored array 2.5-6x
+  faster than one fused with the recomputed BatchNorm + ReLU that produced `x` or with
+  the padding, which walk the input once per channel.
   """
-  x = padded_windows(x, kernel_shape, strides, pads, dy.shape[1:3])
-  grad = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1),
+  xt = lax.optimization_barrier(lax.optimization_barrier(x).transpose(3, 1, 2, 0))
+  xt = padded_windows(xt, kernel_shape, strides, pads, dy.shape[1:3])  # (C, H, W, N)
+  grad = lax.conv_general_dilated(xt, dy.transpose(1, 2, 0, 3), (1, 1),
                                   'VALID', rhs_dilation=strides, dimension_numbers=NHWC)
   return grad.transpose(1, 2, 0, 3)  # (C, kh, kw, F) -> HWIO
 
