@@ -69,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.aux_loss_weight = 0.4
   config.ema_decay = 0.9999          # Parameter EMA for evaluation (TF's num_updates ramp).
   config.nonfinite_policy = 'skip'   # 'skip' the update and count it, or 'stop'.
+  config.stop_if_dead_for_steps = 0  # > 0: end a run whose pre-pool layer has been dead this long.
 
   # --- Schedule and loop (names as google/flax examples/imagenet). ---
   config.batch_size = 32             # Global batch of an update, split over all devices.

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import ml_collections
 import numpy as np
 
+from experiments import outcomes
 from inception_jax import metrics as metrics_lib
 from inception_jax import train
 from inception_jax.models import upgrade_options
@@ -96,12 +97,21 @@ class Run:
   def finished(self) -> bool:
     return is_finished(self.workdir, self.config)
 
+  @functools.cached_property
+  def num_classes(self) -> int:
+    """The classes of the run's dataset, as training recorded them (else read from the data)."""
+    recorded = train.read_dataset_info(self.workdir)
+    return recorded['num_classes'] if recorded else dataset_info(self.config).num_classes
+
   @property
-  def died_at(self) -> int | None:
-    """The first logged step at which every pre-pool activation was zero (sec. 3.3)."""
-    steps, zero = self.series('train/pre_pool_zero_fraction')
-    dead = steps[zero >= 1.0]
-    return int(dead[0]) if dead.size else None
+  def outcome(self) -> outcomes.Outcome:
+    """Trained, died or unstable (paper sec. 3.3; `experiments/outcomes.py`)."""
+    return outcomes.classify(self.records, self.num_classes)
+
+  @property
+  def stopped(self) -> dict[str, Any] | None:
+    """{'step', 'reason'} when the run ended early (`stop_if_dead_for_steps`), else None."""
+    return train.read_stopped(self.workdir)
 
   @property
   def skipped_steps(self) -> int:
@@ -159,7 +169,11 @@ def total_steps(config: dict[str, Any]) -> int:
 
 
 def is_finished(workdir: str, config: dict[str, Any]) -> bool:
-  """Whether the run in `workdir` saved the final step of `config` (training always does)."""
+  """Whether the run in `workdir` saved the final step of `config` (training always does),
+  or ended early with its network dead (`stop_if_dead_for_steps`)."""
+  stopped = train.read_stopped(workdir)
+  if stopped and stopped['step'] in checkpoint_steps(workdir):
+    return True
   return max(checkpoint_steps(workdir), default=0) >= total_steps(config)
 
 

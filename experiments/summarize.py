@@ -9,14 +9,16 @@ percent; "steps to X%" is the first evaluated step whose top-1 accuracy reached 
 paper's "residual connections accelerate training" in one number. Wall-clock is the
 training loop's time (compilation and evaluations included). Params and GFLOPs are
 those of the network the run's config builds: one image at the run's image size,
-forward, without the auxiliary head, a multiply-add counted as 2 FLOPs. A run whose
-last layer before the average pool went all zero is marked DIED (paper sec. 3.3).
-The markdown table goes to stdout; --csv writes the same rows with raw values.
+forward, without the auxiliary head, a multiply-add counted as 2 FLOPs. Each run's
+outcome (trained, died or unstable, and the step its network died at: paper sec. 3.3)
+is `experiments/outcomes.py`'s. The markdown table goes to stdout; --csv writes the
+same rows with raw values.
 
 Runs that differ only in their seed form an arm. With several seeds per arm, a second
-table gives each arm's n, mean and standard deviation (over seeds, n - 1 in the
-denominator) of the errors and of the steps to each target, and a third compares each
-arm with the first, paired by seed: the mean of the per-seed differences with a 95%
+table gives each arm's n, how many of its seeds died, trained or were unstable, and the
+mean and standard deviation (over seeds, n - 1 in the denominator) of the errors and of
+the steps to each target, and a third compares each arm with the first, paired by
+seed: the mean of the per-seed differences with a 95%
 bootstrap interval (the seeds resampled 10,000 times). An interval that contains 0 says
 the seeds do not tell the arms apart.
 """
@@ -31,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from experiments import outcomes
 from experiments import runs as runs_lib
 from inception_jax import cli
 from inception_jax.models import create_model, summary
@@ -51,10 +54,11 @@ def model_cost(run: runs_lib.Run) -> tuple[int, float]:
 
 
 def status(run: runs_lib.Run) -> str:
-  """'finished', 'at step s/N', with 'DIED at step d' and skipped updates when so."""
-  parts = ['finished' if run.finished else f'at step {run.last_step}/{run.total_steps}']
-  if run.died_at is not None:
-    parts.insert(0, f'DIED at step {run.died_at}')
+  """'finished', 'stopped dead at step s', or 'at step s/N', with skipped updates if any."""
+  if run.stopped and run.finished:
+    parts = [f'stopped at step {run.stopped["step"]}']
+  else:
+    parts = ['finished' if run.finished else f'at step {run.last_step}/{run.total_steps}']
   if run.skipped_steps:
     parts.append(f'{run.skipped_steps} non-finite steps skipped')
   return ', '.join(parts)
@@ -70,7 +74,9 @@ def summary_rows(runs: Sequence[runs_lib.Run], targets: Sequence[float] = (),
   prefix = 'eval/ema_' if ema else 'eval/'
   rows = []
   for run, label in zip(runs, runs_lib.labels(list(runs))):
-    row = {'run': label, 'status': status(run), 'step': run.last_step,
+    outcome = run.outcome
+    row = {'run': label, 'status': status(run), 'outcome': outcome.kind,
+           'died at': outcome.died_at, 'step': run.last_step,
            'top-1 final': run.last(prefix + 'top1_error'),
            'top-1 best': run.best(prefix + 'top1_error'),
            'top-5 final': run.last(prefix + 'top5_error'),
@@ -130,7 +136,8 @@ def arm_rows(arms: Sequence[runs_lib.Arm], rows_by_run: dict[str, dict[str, Any]
   out = []
   for arm in arms:
     rows = [rows_by_run[r.workdir] for r in arm.runs]
-    row = {'arm': arm.label, 'n': len(rows), 'seeds': arm.seeds}
+    row = {'arm': arm.label, 'n': len(rows), 'seeds': arm.seeds,
+           'outcomes': outcomes.describe(outcomes.count(r.outcome for r in arm.runs))}
     for column in ERRORS:
       values = [r[column] for r in rows if r[column] is not None]
       row[column] = _mean_std(values) if values else None

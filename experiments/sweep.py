@@ -209,8 +209,9 @@ def run_trial(trial: Trial, cmd: Sequence[str], env: dict[str, str] | None = Non
                         env={**os.environ, **env}).returncode
   if rc:
     return f'FAILED (exit {rc}, see {log})'
-  died = runs.Run.load(trial.workdir).died_at
-  return 'ran' + (f'; NETWORK DIED at step {died}' if died is not None else '')
+  run = runs.Run.load(trial.workdir)
+  stopped = f' (stopped at step {run.stopped["step"]})' if run.stopped else ''
+  return f'ran{stopped}; {run.outcome.kind}: {run.outcome.why}'
 
 
 def select(trials: list[Trial], index: int | str | None) -> list[Trial]:

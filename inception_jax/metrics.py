@@ -35,32 +35,36 @@ def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, ja
 
 
 @flax.struct.dataclass
-class ResidualRatios(metrics.Metric):
-  """Mean over steps of the branch/shortcut norm ratio of each residual stage (empty if none)."""
-  totals: dict[str, jax.Array]
+class StageStats(metrics.Metric):
+  """Mean over steps of each residual stage's monitor: `{stat: {stage: value}}` (empty if none)."""
+  totals: dict[str, dict[str, jax.Array]]
   count: jax.Array
 
   @classmethod
-  def from_model_output(cls, residual_ratio: dict[str, jax.Array], **_) -> 'ResidualRatios':
-    return cls(totals=residual_ratio, count=jnp.ones((), jnp.int32))
+  def from_model_output(cls, stage_stats: dict[str, dict[str, jax.Array]], **_) -> 'StageStats':
+    return cls(totals=stage_stats, count=jnp.ones((), jnp.int32))
 
-  def merge(self, other: 'ResidualRatios') -> 'ResidualRatios':
+  def merge(self, other: 'StageStats') -> 'StageStats':
     return type(self)(jax.tree.map(jnp.add, self.totals, other.totals), self.count + other.count)
 
-  def compute(self) -> dict[str, jax.Array]:
-    return {name: total / self.count for name, total in self.totals.items()}
+  def compute(self) -> dict[str, dict[str, jax.Array]]:
+    return jax.tree.map(lambda total: total / self.count, self.totals)
 
 
-def residual_ratios(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
-  """Per stage, the mean over its blocks of the sown `residual_ratio` (paper sec. 3.3).
+STAGE_STATS = ('shortcut_rms', 'branch_rms', 'dead_channels')  # Sown by `ResidualBlock`.
+
+
+def stage_stats(intermediates: Mapping[str, Any]) -> dict[str, dict[str, jax.Array]]:
+  """Per statistic and stage, the mean over the stage's blocks (paper sec. 3.3).
 
   Repeated blocks (`InceptionResNetA_0`, `_1`, ... or one scanned stack) form one stage.
   """
-  per_stage = collections.defaultdict(list)
+  per_stage = collections.defaultdict(lambda: collections.defaultdict(list))
   for path, values in flax.traverse_util.flatten_dict(intermediates).items():
-    if path[-1] == 'residual_ratio':
-      per_stage[re.sub(r'_\d+$', '', path[0])] += [jnp.ravel(v) for v in values]
-  return {stage: jnp.mean(jnp.concatenate(v)) for stage, v in per_stage.items()}
+    if path[-1] in STAGE_STATS:
+      per_stage[path[-1]][re.sub(r'_\d+$', '', path[0])] += [jnp.ravel(v) for v in values]
+  return {stat: {stage: jnp.mean(jnp.concatenate(v)) for stage, v in stages.items()}
+          for stat, stages in per_stage.items()}
 
 
 @flax.struct.dataclass
@@ -73,7 +77,8 @@ class TrainMetrics(metrics.Collection):
   pre_pool_zero_fraction: metrics.Average.from_output('pre_pool_zero_fraction')
   dead_unit_fraction: metrics.LastValue.from_output('dead_unit_fraction')
   skipped_steps: metrics.LastValue.from_output('skipped_steps')
-  residual_ratio: ResidualRatios
+  clipped_fraction: metrics.Average.from_output('clipped')
+  stage: StageStats  # Written as train/<stat>/<stage>.
 
 
 @flax.struct.dataclass
@@ -90,7 +95,7 @@ def with_accuracy(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
   """Prefixes names and adds top-k accuracy beside each top-k error; flattens dicts."""
   out = {}
   for name, value in values.items():
-    if isinstance(value, Mapping):  # e.g. residual_ratio/<stage>
+    if isinstance(value, Mapping):  # e.g. stage/branch_rms/<stage>
       out.update(with_accuracy(value, f'{prefix}/{name}'))
       continue
     value = float(np.asarray(value))
@@ -100,20 +105,34 @@ def with_accuracy(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
   return out
 
 
+# A log interval in which the network counts as dead (paper sec. 3.3: "the last layer
+# before the average pooling started to produce only zeros"). Not exactly all: a few
+# units that fire on rare images leave the classifier as blind as none, and a window
+# mean of exactly 1.0 missed every collapse of the first sec. 3.3 sweep (0.96-0.999).
+DEAD_ZERO_FRACTION = 0.99  # Of the pre-pool activations, averaged over the interval.
+DEAD_UNIT_FRACTION = 0.95  # Of the pre-pool channels, zero for every image of a batch.
+
+
+def network_dead(scalars: Mapping[str, float]) -> bool:
+  """Whether the train scalars of one log say the pre-pool layer is dead."""
+  return (scalars['train/pre_pool_zero_fraction'] >= DEAD_ZERO_FRACTION
+          and scalars['train/dead_unit_fraction'] >= DEAD_UNIT_FRACTION)
+
+
 def train_scalars(values: Mapping[str, Any], step: int) -> dict[str, float]:
   """The train scalars to write at `step`, with `train/network_dead` (paper sec. 3.3).
 
-  A network has died when the last layer before the average pool outputs only zeros;
-  as ReLUs pass no gradient at zero, it does not recover. The check uses the mean
-  over the steps since the last write, so it fires once every one of them was dead.
+  As ReLUs pass no gradient at zero, a dead pre-pool layer does not recover by itself.
   """
-  scalars = with_accuracy(values, 'train')
-  dead = scalars['train/pre_pool_zero_fraction'] >= 1.0
+  values = dict(values)
+  scalars = with_accuracy({**values, **values.pop('stage', {})}, 'train')  # train/branch_rms/..
+  dead = network_dead(scalars)
   scalars['train/network_dead'] = float(dead)
   if dead:
-    logging.warning('NETWORK DIED: at step %d every activation before the average pool has '
-                    'been zero since the last log (paper sec. 3.3); lower the residual scale '
-                    'or the learning rate.', step)
+    logging.warning('NETWORK DEAD at step %d: %.1f%% of the pre-pool activations and %.0f%% '
+                    'of its channels are zero (paper sec. 3.3); lower the residual scale or '
+                    'the learning rate.', step, 100 * scalars['train/pre_pool_zero_fraction'],
+                    100 * scalars['train/dead_unit_fraction'])
   return scalars
 
 

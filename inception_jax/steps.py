@@ -106,7 +106,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Incepti
     # (which XLA would all-gather across the devices).
     zero = new_vars['intermediates']['pre_pool'][0] == 0
     outputs = {'loss': loss, 'batch_stats': new_vars['batch_stats'],
-               'residual_ratio': metrics_lib.residual_ratios(new_vars['intermediates']),
+               'stage_stats': metrics_lib.stage_stats(new_vars['intermediates']),
                'zero_fraction': jnp.mean(zero.astype(jnp.float32)),
                'dead_units': jnp.all(zero, axis=(0, 1, 2)),
                **metrics_lib.classification_metrics(logits, labels)}
@@ -136,6 +136,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Incepti
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # How often the global-norm clip fired: at the paper's clip of 2.0 it can act on every
+  # step, making the step size the learning rate's alone.
+  clipped = (grad_norm > config.grad_clip_norm) if config.grad_clip_norm > 0 else False
   if config.nonfinite_policy == 'skip':
     # Keep the old parameters and statistics; the step counter still advances so the
     # data stream moves past the bad batch. How to select is the kernel set's choice.
@@ -150,7 +153,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Incepti
       loss=loss, grad_norm=grad_norm, learning_rate=optim.current_learning_rate(opt_state),
       pre_pool_zero_fraction=out['zero_fraction'],
       dead_unit_fraction=jnp.mean(out['dead_units'].astype(jnp.float32)),
-      skipped_steps=new_state.skipped_steps, residual_ratio=out['residual_ratio'],
+      skipped_steps=new_state.skipped_steps, stage_stats=out['stage_stats'],
+      clipped=jnp.asarray(clipped, jnp.float32),
       top1_error=out['top1_error'], top5_error=out['top5_error'])
   return new_state, metrics
 

@@ -7,6 +7,7 @@ restored from a checkpoint continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -87,6 +88,51 @@ class _Preemption:
     if jax.process_count() > 1:
       return checkpoints.reached_preemption(step)
     return self.requested
+
+
+class _DeathWatch:
+  """Ends a run whose network has been dead (`metrics.network_dead`) for `steps` steps.
+
+  A dead pre-pool layer passes no gradient and does not come back: in a sweep the rest
+  of such a run is compute spent on a known outcome. `steps` <= 0 never ends a run.
+  """
+
+  def __init__(self, steps: int):
+    self.steps, self.since = steps, None
+
+  def update(self, step: int, scalars: dict[str, float]) -> bool:
+    """Takes one log's train scalars; True when the run should stop here."""
+    if not metrics_lib.network_dead(scalars):
+      self.since = None
+      return False
+    self.since = step if self.since is None else self.since
+    return self.steps > 0 and step - self.since >= self.steps
+
+
+STOPPED_FILE = 'stopped.json'  # A run ended before its last step, and why.
+DATASET_FILE = 'dataset.json'  # Classes and split sizes, so analysis needs no dataset.
+
+
+def _read_json(workdir: str, name: str) -> dict[str, Any] | None:
+  path = os.path.join(workdir, name)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_stopped(workdir: str) -> dict[str, Any] | None:
+  return _read_json(workdir, STOPPED_FILE)
+
+
+def read_dataset_info(workdir: str) -> dict[str, Any] | None:
+  return _read_json(workdir, DATASET_FILE)
+
+
+def _write_json(workdir: str, name: str, value: dict[str, Any]) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, name), 'w') as f:
+      json.dump(value, f, indent=2)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -199,6 +245,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
   steps_per_epoch, num_steps = schedule_steps(config, info.num_train_examples)
+  _write_json(workdir, DATASET_FILE, {**dataclasses.asdict(info),
+                                      'steps_per_epoch': steps_per_epoch,
+                                      'num_train_steps': num_steps})
   model = create_model_from_config(config, info.num_classes, ops.platform_of(mesh.devices.flat))
   tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch))
   checkpoints = checkpointing.RunCheckpoints(
@@ -206,6 +255,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       max_to_keep=config.keep_checkpoints)
   state = restore_or_initialize(config, workdir, model, tx, mesh, checkpoints)
   start = int(state.step)
+  stopped = read_stopped(workdir)
+  if stopped and stopped['step'] == start and config.stop_if_dead_for_steps > 0:
+    logging.info('%s stopped at step %d (%s); nothing to do (stop_if_dead_for_steps=0 trains '
+                 'on).', workdir, start, stopped['reason'])
+    checkpoints.close()
+    return state
   if start == 0:
     parameter_overview.log_parameter_overview(state.params)
 
@@ -233,6 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                               config.batch_size, list(mesh.devices.flat))
   profiler = monitor.Profiler(config.profile_steps, workdir)
   preemption = _Preemption()
+  death = _DeathWatch(config.stop_if_dead_for_steps)
   train_batches = _train_batches(data, mesh, start)
   logging.info('Training %s for %d steps (%d per epoch) from step %d on %d devices '
                '(kernels: %s).', config.model.name, num_steps, steps_per_epoch, start,
@@ -252,22 +308,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if config.nonfinite_policy == 'stop' and not np.isfinite(float(m.loss.compute())):
         raise FloatingPointError(
             f'non-finite loss at step {step}; {_last_good(checkpoints)} (nonfinite_policy=stop)')
+      dead = False
       if step % config.log_every_steps == 0 or step == num_steps:
         scalars = metrics_lib.train_scalars(train_metrics.compute(), step)
         writer.write_scalars(step, {**scalars, **speed.scalars()})
         train_metrics = None
+        dead = death.update(step, scalars)
       paused = time.perf_counter()
-      if step % config.eval_every_steps == 0 or step == num_steps:
+      if step % config.eval_every_steps == 0 or step == num_steps or dead:
         with report.timed('eval'):
           writer.write_scalars(step, evaluate(state, p_eval_step, data, mesh,
                                               info.num_eval_examples))
       stop = preemption.reached(checkpoints, step)
-      if step % config.checkpoint_every_steps == 0 or step == num_steps or stop:
-        _save(checkpoints, step, state, force=stop or step == num_steps)
+      if step % config.checkpoint_every_steps == 0 or step == num_steps or stop or dead:
+        _save(checkpoints, step, state, force=stop or dead or step == num_steps)
       speed.pause(time.perf_counter() - paused)
       if stop:
         logging.warning('Stopped for preemption at step %d; rerun the same command to resume.',
                         step)
+        break
+      if dead:
+        _write_stopped(workdir, step, f'network dead since step {death.since}')
         break
   finally:
     profiler.close()
@@ -303,6 +364,11 @@ def _last_good(checkpoints: checkpointing.RunCheckpoints) -> str:
   checkpoints.wait()  # A save still in flight is the last good one once it lands.
   return (f'the last good checkpoint is step {checkpoints.latest_step()} in '
           f'{checkpoints.directory}')
+
+
+def _write_stopped(workdir: str, step: int, reason: str) -> None:
+  logging.warning('Stopping at step %d: %s.', step, reason)
+  _write_json(workdir, STOPPED_FILE, {'step': step, 'reason': reason})
 
 
 def _save(checkpoints: checkpointing.RunCheckpoints, step: int, state: TrainState, *,

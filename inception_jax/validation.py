@@ -22,7 +22,7 @@ RESUMABLE_KEYS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_ever
                   'distributed_heartbeat_timeout_s',
                   'compilation_cache_dir', 'eval_batch_size', 'model.kernels',
                   'model.cpu_conv_library', 'data_threads', 'data_ram_budget_gb',
-                  'prefetch_batches', 'profile_steps')
+                  'prefetch_batches', 'profile_steps', 'stop_if_dead_for_steps')
 
 
 def _positive(config, key: str, integer: bool = False) -> None:
@@ -55,6 +55,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.nonfinite_policy not in NONFINITE_POLICIES:
     raise ValueError(f'nonfinite_policy={config.nonfinite_policy!r} is invalid; valid: '
                      f'{", ".join(NONFINITE_POLICIES)}')
+  stop = config.stop_if_dead_for_steps
+  if not isinstance(stop, numbers.Integral) or isinstance(stop, bool) or stop < 0:
+    raise ValueError(f'stop_if_dead_for_steps={stop!r} is invalid: must be an integer >= 0 '
+                     '(0: never stop)')
   for key in ('label_smoothing', 'eval_crop_fraction'):
     if not 0.0 <= config[key] <= 1.0:
       raise ValueError(f'{key}={config[key]!r} is invalid: must be in [0, 1]')

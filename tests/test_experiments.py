@@ -20,7 +20,7 @@ import pytest
 from absl import flags
 
 from experiments import plot_curves, runs, summarize, sweep
-from inception_jax import checkpointing, metrics
+from inception_jax import checkpointing, metrics, train
 from tests.util import REPO, tiny_config
 
 SWEEP_FILE = '''
@@ -67,11 +67,13 @@ def sweep_dir(tmp_path_factory, sweep_file):
   return workdir
 
 
-def write_run(workdir, records, **config):
-  """A synthetic run directory: config.json and metrics.jsonl."""
+def write_run(workdir, records, num_classes=10, **config):
+  """A synthetic run directory: config.json, metrics.jsonl and the dataset's classes."""
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, runs.CONFIG_FILE), 'w') as f:
     json.dump({'num_train_steps': 100, 'model': {'name': 'inception_v4'}, **config}, f)
+  with open(os.path.join(workdir, train.DATASET_FILE), 'w') as f:
+    json.dump({'num_classes': num_classes}, f)
   with open(os.path.join(workdir, metrics.METRICS_FILE), 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in records)
   return runs.Run.load(workdir)
@@ -127,7 +129,8 @@ def test_summary_gives_mean_std_and_a_paired_bootstrap_interval(tmp_path, capsys
   assert same == (0.0, 0.0, 0.0)
   summarize.main([str(tmp_path), '--targets=0.45', '--no_cost'])
   printed = capsys.readouterr().out
-  assert '| use_residual=True | 3 | 0, 1, 2 | 50.0 ± 10.0 | 50.0 ± 10.0 |' in printed
+  assert ('| use_residual=True | 3 | 0, 1, 2 | 0 of 3 seeds died, 3 unstable | 50.0 ± 10.0 | '
+          '50.0 ± 10.0 |') in printed
   assert '| use_residual=False | use_residual=True | top-1 final | 3 | +13.3 pt |' in printed
 
 
@@ -162,17 +165,23 @@ def test_a_tpu_slot_is_one_chip_with_its_own_port():
   assert sweep.device_env(3, 'none') == {}
 
 
-def test_residual_ratios_and_dead_flag_are_logged(sweep_dir):
+def test_stage_monitor_clipping_and_dead_flag_are_logged(sweep_dir):
   residual = runs.Run.load(os.path.join(sweep_dir, NAMES[0]))
-  keys = {k for r in residual.records for k in r if k.startswith('train/residual_ratio/')}
-  assert keys == {f'train/residual_ratio/InceptionResNet{c}' for c in 'ABC'}
-  for key in keys:
-    steps, ratios = residual.series(key)
-    assert list(steps) == [2, 4] and np.all(np.isfinite(ratios)) and np.all(ratios > 0)
+  for stat in metrics.STAGE_STATS:
+    keys = {k for r in residual.records for k in r if k.startswith(f'train/{stat}/')}
+    assert keys == {f'train/{stat}/InceptionResNet{c}' for c in 'ABC'}
+    for key in keys:
+      steps, values = residual.series(key)
+      assert list(steps) == [2, 4] and np.all(np.isfinite(values))
+      assert np.all(values >= 0) and (stat == 'dead_channels' or np.all(values > 0))
+  _, clipped = residual.series('train/clipped_fraction')
+  assert set(clipped) <= {0.0, 0.5, 1.0}  # Two steps a log.
   assert list(residual.series('train/network_dead')[1]) == [0.0, 0.0]
-  assert residual.died_at is None
+  assert residual.outcome.died_at is None
+  # Without shortcuts there is no shortcut to measure; the branch and dead channels remain.
   plain = runs.Run.load(os.path.join(sweep_dir, NAMES[1]))
-  assert not any(k.startswith('train/residual_ratio') for r in plain.records for k in r)
+  assert not any(k.startswith('train/shortcut_rms') for r in plain.records for k in r)
+  assert any(k.startswith('train/branch_rms') for r in plain.records for k in r)
 
 
 def test_summary_rows_are_the_logged_values(sweep_dir, tmp_path, capsys):
@@ -198,9 +207,9 @@ def test_summary_rows_are_the_logged_values(sweep_dir, tmp_path, capsys):
 
   summarize.main([sweep_dir, '--targets=0.05', f'--csv={tmp_path / "s.csv"}'])
   table = capsys.readouterr().out.splitlines()
-  assert table[0].startswith('| run | status | step | top-1 final err. % |')
-  assert table[2].startswith(
-      f'| use_residual=False | finished | 4 | {100 * rows[0]["top-1 final"]:.1f} |')
+  assert table[0].startswith('| run | status | outcome | died at | step | top-1 final err. % |')
+  assert table[2].startswith(f'| use_residual=False | finished | {rows[0]["outcome"]} | - | 4 | '
+                            f'{100 * rows[0]["top-1 final"]:.1f} |')
   with open(tmp_path / 's.csv') as f:
     written = list(csv.DictReader(f))
   assert float(written[1]['top-1 best']) == rows[1]['top-1 best']
@@ -302,33 +311,36 @@ def test_steps_to_reach_and_wall_clock(tmp_path):
 
 
 def test_dead_network_is_flagged(tmp_path):
+  dead = {'train/pre_pool_zero_fraction': 0.999, 'train/dead_unit_fraction': 0.99}
   run = write_run(str(tmp_path / 'dead'), [
-      {'step': 10, 'train/pre_pool_zero_fraction': 0.6},
-      {'step': 20, 'train/pre_pool_zero_fraction': 0.999},
-      {'step': 30, 'train/pre_pool_zero_fraction': 1.0, 'train/skipped_steps': 2.0},
-      {'step': 40, 'train/pre_pool_zero_fraction': 1.0, 'train/skipped_steps': 2.0},
-  ])
+      {'step': 10, 'train/pre_pool_zero_fraction': 0.6, 'train/dead_unit_fraction': 0.1},
+      {'step': 20, **dead}, {'step': 30, **dead, 'train/skipped_steps': 2.0},
+      {'step': 40, **dead, 'train/skipped_steps': 2.0, 'eval/top1_error': 0.9}])
   alive = write_run(str(tmp_path / 'alive'), [
-      {'step': 40, 'train/pre_pool_zero_fraction': 0.5}], seed=1)
-  assert run.died_at == 30 and alive.died_at is None
+      {'step': 40, 'train/pre_pool_zero_fraction': 0.5, 'train/dead_unit_fraction': 0.0,
+       'eval/top1_error': 0.5}], seed=1)
+  assert run.outcome.kind == 'died' and run.outcome.died_at == 20
+  assert alive.outcome.kind == 'trained'
   rows = summarize.summary_rows([run, alive], cost=False)
-  assert rows[0]['status'] == 'DIED at step 30, at step 40/100, 2 non-finite steps skipped'
-  assert rows[1]['status'] == 'at step 40/100'
+  assert rows[0]['status'] == 'at step 40/100, 2 non-finite steps skipped'
+  assert (rows[0]['outcome'], rows[0]['died at']) == ('died', 20)
+  assert (rows[1]['status'], rows[1]['outcome']) == ('at step 40/100', 'trained')
 
 
 def test_train_scalars_warn_when_the_network_died(caplog):
-  values = {'loss': 2.3, 'top1_error': 0.9, 'pre_pool_zero_fraction': np.float32(1.0),
-            'residual_ratio': {'InceptionResNetC': np.float32(0.25)}}
+  values = {'loss': 2.3, 'top1_error': 0.9, 'pre_pool_zero_fraction': np.float32(0.995),
+            'dead_unit_fraction': np.float32(0.96),
+            'stage': {'branch_rms': {'InceptionResNetC': np.float32(0.25)}}}
   with caplog.at_level(logging.WARNING):
     scalars = metrics.train_scalars(values, step=120)
   assert scalars['train/network_dead'] == 1.0
-  assert scalars['train/residual_ratio/InceptionResNetC'] == 0.25
+  assert scalars['train/branch_rms/InceptionResNetC'] == 0.25
   assert scalars['train/top1_accuracy'] == pytest.approx(0.1)
-  assert 'NETWORK DIED: at step 120' in caplog.text
+  assert 'NETWORK DEAD at step 120' in caplog.text
   caplog.clear()
-  assert metrics.train_scalars(dict(values, pre_pool_zero_fraction=0.99),
-                               step=5)['train/network_dead'] == 0.0
-  assert 'NETWORK DIED' not in caplog.text
+  for alive in ({'pre_pool_zero_fraction': 0.98}, {'dead_unit_fraction': 0.9}):
+    assert metrics.train_scalars({**values, **alive}, step=5)['train/network_dead'] == 0.0
+  assert 'NETWORK DEAD' not in caplog.text
 
 
 # Last: it extends the shared sweep.

@@ -241,16 +241,25 @@ def test_training_returns_aux_logits_and_sows_pre_pool():
   assert _forward(model, variables).shape == (2, 7)  # Eval: logits only.
 
 
-def test_residual_blocks_sow_branch_to_shortcut_ratio():
+def test_residual_blocks_sow_their_monitor():
   model = create_model('inception_resnet_v2', repeats=(1, 1, 1), **TINY)
   _, state = jax.jit(lambda v: model.apply(v, X, mutable=['intermediates']))(_init(model))
-  ratio = state['intermediates']['InceptionResNetA_0']['residual_ratio'][0]
-  assert ratio.shape == () and 0 < float(ratio) < 10
-  a, b = (np.random.RandomState(i).randn(2, 5, 5, 6).astype(np.float32) for i in (0, 1))
+  sown = state['intermediates']['InceptionResNetA_0']
+  assert set(sown) == {'shortcut_rms', 'branch_rms', 'dead_channels'}
+  assert all(v[0].shape == () for v in sown.values())
+  assert 0 < float(sown['branch_rms'][0]) < 10 and 0 < float(sown['shortcut_rms'][0]) < 10
+  # By hand: the branch unscaled, the shortcut, and the channels with no positive value.
+  branch, shortcut = (np.random.RandomState(i).randn(2, 5, 5, 6).astype(np.float32)
+                      for i in (0, 1))
+  out = np.maximum(shortcut + 0.1 * branch, 0)
+  out[..., :2] = 0.0  # Two of six channels dead.
   rms = lambda v: np.sqrt(np.mean(np.square(v, dtype=np.float64)))
   for kernels in (ops.Reference(), ops.XlaCpu()):
-    np.testing.assert_allclose(blocks._rms_ratio(a, b * 3, kernels), rms(a) / rms(b * 3),
-                               rtol=1e-6)
+    stats = blocks.residual_stats(shortcut * 3, branch, out, kernels)
+    np.testing.assert_allclose(stats['branch_rms'], rms(branch), rtol=1e-6)
+    np.testing.assert_allclose(stats['shortcut_rms'], rms(shortcut * 3), rtol=1e-6)
+    assert float(stats['dead_channels']) == pytest.approx(2 / 6)
+    assert 'shortcut_rms' not in blocks.residual_stats(None, branch, out, kernels)
 
 
 @pytest.mark.parametrize('remat', [False, True])

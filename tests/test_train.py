@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from experiments import runs
 from inception_jax import checkpointing, optim, steps, train, validation
 from inception_jax.data import augment, input_pipeline
 from tests.util import REPO, tiny_config
@@ -163,6 +164,7 @@ def test_workdir_with_another_config_is_refused(tmp_path, tiny_data_dir):
     ({'learning_rate': float('nan')}, 'learning_rate=nan is invalid'),
     ({'batch_size': 0}, 'batch_size=0 is invalid'),
     ({'nonfinite_policy': 'ignore'}, "nonfinite_policy='ignore' is invalid"),
+    ({'stop_if_dead_for_steps': -1}, 'stop_if_dead_for_steps=-1 is invalid'),
 ])
 def test_bad_config_values_raise_one_clear_line(overrides, message):
   with pytest.raises(ValueError) as e:
@@ -277,3 +279,33 @@ def test_micro_batches_take_the_same_chunk_of_every_device():
   np.testing.assert_array_equal(steps.micro_batches(x, 2, 1), [np.arange(8), np.arange(8, 16)])
   # 4 devices of 4 examples: micro-batch 0 is the first 2 of each device's.
   np.testing.assert_array_equal(steps.micro_batches(x, 2, 4)[0], [0, 1, 4, 5, 8, 9, 12, 13])
+
+
+def test_a_dead_network_stops_early_saved_and_counts_as_finished(tmp_path, tiny_data_dir):
+  # At lr 5 the tiny network's pre-pool layer dies by step 18 (seed 0), every time.
+  config = tiny_config(tiny_data_dir, learning_rate=5.0, num_train_steps=30, log_every_steps=2,
+                       eval_every_steps=30, checkpoint_every_steps=30, stop_if_dead_for_steps=4)
+  workdir = str(tmp_path / 'dead')
+  state = train.train_and_evaluate(config, workdir)
+  run = runs.Run.load(workdir)
+  stopped = train.read_stopped(workdir)
+  dead_since = run.outcome.died_at
+  assert stopped['step'] == int(state.step) == dead_since + 4 < 30
+  assert run.checkpoint_steps() == [stopped['step']] and run.finished
+  assert run.last('eval/top1_error') is not None  # Evaluated where it stopped.
+  assert run.series('train/network_dead')[1][-3:].tolist() == [1.0, 1.0, 1.0]
+  # Rerunning the finished run does nothing; without the stop it would train on.
+  records = len(run.records)
+  assert int(train.train_and_evaluate(config, workdir).step) == stopped['step']
+  assert len(runs.Run.load(workdir).records) == records
+
+
+def test_death_watch_needs_the_network_dead_at_every_log_for_its_steps():
+  dead = {'train/pre_pool_zero_fraction': 1.0, 'train/dead_unit_fraction': 1.0}
+  alive = {'train/pre_pool_zero_fraction': 0.5, 'train/dead_unit_fraction': 0.0}
+  watch = train._DeathWatch(20)  # pylint: disable=protected-access
+  logs = [(10, dead), (20, alive), (30, dead), (40, dead), (50, dead)]
+  assert [watch.update(step, s) for step, s in logs] == [False, False, False, False, True]
+  assert watch.since == 30
+  never = train._DeathWatch(0)  # pylint: disable=protected-access
+  assert not any(never.update(step, dead) for step in range(0, 1000, 10))

@@ -50,7 +50,8 @@ class ResidualBlock(Block):
   The expansion is a linear 1x1 conv with bias, back to the input depth, with no
   BatchNorm (sec. 3.2). `use_residual=False` drops the shortcut (and the scale,
   which only exists to keep the sum stable) for the paper's ablation, keeping
-  every parameter. The ratio of branch to shortcut norm is sown for monitoring.
+  every parameter. What sec. 3.3's deaths are made of is sown for monitoring
+  (`residual_stats`).
   """
   scale: float = 1.0
   activation: bool = True
@@ -60,23 +61,35 @@ class ResidualBlock(Block):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     mixed = concat_branches(self.branches(), self.opts, x, train)
     up = Conv2D(x.shape[-1], (1, 1), self.opts, use_bias=True, name='Conv2d_1x1')(mixed)
-    if self.use_residual:
-      up = self.scale * up
-      self.sow('intermediates', 'residual_ratio', _rms_ratio(up, x, self.opts.kernels))
-      out = x + up
-    else:
-      out = up
-    return nn.relu(out) if self.activation else out
+    out = x + self.scale * up if self.use_residual else up
+    out = nn.relu(out) if self.activation else out
+    stats = residual_stats(x if self.use_residual else None, up, out, self.opts.kernels)
+    for name, value in stats.items():
+      self.sow('intermediates', name, value)
+    return out
 
 
-def _rms_ratio(a: jax.Array, b: jax.Array, kernels: ops.Reference) -> jax.Array:
-  """RMS(a) / RMS(b), in float32, both from one pass of the channel sums: a metric only.
+def residual_stats(shortcut: jax.Array | None, branch: jax.Array, out: jax.Array,
+                   kernels: ops.Reference) -> dict[str, jax.Array]:
+  """A residual block's monitor (paper sec. 3.3), in float32, from one pass of channel sums.
 
-  The gradient is stopped first: jax's JVP of a variadic reduce is a tree of slices.
+  `branch_rms`: the RMS of the expansion's output before the scale, so that a growing
+  branch is told apart from a shrinking shortcut (`shortcut_rms`, absent without one).
+  `dead_channels`: the fraction of output channels with no positive value in the batch,
+  which the next ReLU (or the one after the sum) turns into zeros everywhere. A metric
+  only: the gradient is stopped first (jax's JVP of a variadic reduce is a tree of slices).
   """
-  a, b = (jnp.square(lax.stop_gradient(v).astype(jnp.float32)) for v in (a, b))
-  sum_a, sum_b = (jnp.sum(s) for s in kernels.channel_sums(a, b))
-  return jnp.sqrt(sum_a / a.size) / (jnp.sqrt(sum_b / b.size) + 1e-12)
+  def squares(v):
+    return jnp.square(lax.stop_gradient(v).astype(jnp.float32))
+  arrays = [squares(branch), (lax.stop_gradient(out) > 0).astype(jnp.float32)]
+  if shortcut is not None:
+    arrays.append(squares(shortcut))
+  sums = kernels.channel_sums(*arrays)
+  stats = {'branch_rms': jnp.sqrt(jnp.sum(sums[0]) / branch.size),
+           'dead_channels': jnp.mean((sums[1] == 0).astype(jnp.float32))}
+  if shortcut is not None:
+    stats['shortcut_rms'] = jnp.sqrt(jnp.sum(sums[2]) / shortcut.size)
+  return stats
 
 
 # --- Stems -------------------------------------------------------------------

@@ -156,7 +156,7 @@ class Inception(nn.Module):
 
   Returns logits, and `(logits, aux_logits)` in training when `aux_logits` is set.
   The pre-pool feature map is sown as `intermediates/pre_pool` and each residual
-  block's branch/shortcut norm ratio as `.../residual_ratio`. `kernels` names the
+  block's monitor as `.../branch_rms`, `shortcut_rms`, `dead_channels`. `kernels` names the
   kernel set that computes it (`inception_jax.ops`; `create_model` resolves 'auto').
   """
   arch: str
