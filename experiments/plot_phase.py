@@ -50,15 +50,13 @@ class Cell:
     errors = [e for e in errors if e is not None]
     return float(np.mean(errors)) if errors else None
 
-  def text(self) -> str:
+  def text(self, sep: str = '\n') -> str:
     c, n = self.counts, len(self.runs)
     lines = [f'{c[outcomes.DIED]}/{n} died']
-    others = [f'{c[k]} {k}' for k in (outcomes.TRAINED, outcomes.UNSTABLE) if c[k]]
-    if others:
-      lines.append(', '.join(others))
+    lines += [f'{c[k]} {k}' for k in (outcomes.TRAINED, outcomes.UNSTABLE) if c[k]]
     if self.mean_error is not None:
       lines.append(f'err {100 * self.mean_error:.0f}%')
-    return '\n'.join(lines)
+    return sep.join(lines)
 
 
 def cells(runs: Sequence[runs_lib.Run]) -> tuple[list[str], list[float], dict]:
@@ -80,7 +78,7 @@ def plot(runs: Sequence[runs_lib.Run], out: str) -> Figure:
   """Draws the phase diagram of `runs` and saves it to `out`."""
   rows, xs, table = cells(runs)
   score = np.full((len(rows), len(xs)), np.nan)
-  fig = Figure(figsize=(2.0 + 1.6 * len(xs), 1.2 + 0.85 * len(rows)), layout='constrained')
+  fig = Figure(figsize=(2.5 + 1.5 * len(xs), 1.4 + 1.0 * len(rows)), layout='constrained')
   ax = fig.subplots()
   for (row, x), cell in table.items():
     score[rows.index(row), xs.index(x)] = cell.score
@@ -90,11 +88,11 @@ def plot(runs: Sequence[runs_lib.Run], out: str) -> Figure:
     ax.text(xs.index(x), rows.index(row), cell.text(), ha='center', va='center',
             fontsize='small')
   ax.set_xticks(range(len(xs)), [f'{x:g}' for x in xs])
-  ax.set_yticks(range(len(rows)), rows)
+  ax.set_yticks(range(len(rows)), [row.replace(', ', '\n') for row in rows])
   ax.set_xlabel('learning rate')
   seeds = sorted({len(c.runs) for c in table.values()})
-  ax.set_title(f'outcome over {"/".join(map(str, seeds))} seeds per cell: green trained, '
-               'red died, yellow unstable or mixed', fontsize='small')
+  ax.set_title(f'outcome over {"/".join(map(str, seeds))} seeds per cell\ngreen: trained, '
+               'red: died, yellow: unstable or mixed', fontsize='small')
   fig.savefig(out, dpi=100)
   return fig
 
@@ -105,7 +103,7 @@ def format_markdown(runs: Sequence[runs_lib.Run]) -> str:
   lines = ['| setting | ' + ' | '.join(f'lr {x:g}' for x in xs) + ' |',
            '|---|' + '---|' * len(xs)]
   for row in rows:
-    texts = [table[row, x].text().replace('\n', ', ') if (row, x) in table else '-'
+    texts = [table[row, x].text(', ') if (row, x) in table else '-'
              for x in xs]
     lines.append(f'| {row} | ' + ' | '.join(texts) + ' |')
   return '\n'.join(lines)

@@ -12,7 +12,7 @@ those of the network the run's config builds: one image at the run's image size,
 forward, without the auxiliary head, a multiply-add counted as 2 FLOPs. Each run's
 outcome (trained, died or unstable, and the step its network died at: paper sec. 3.3)
 is `experiments/outcomes.py`'s. The markdown table goes to stdout; --csv writes the
-same rows with raw values.
+same rows with raw values, --jsonl every run's train and eval metric lines.
 
 Runs that differ only in their seed form an arm. With several seeds per arm, a second
 table gives each arm's n, how many of its seeds died, trained or were unstable, and the
@@ -112,6 +112,19 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
   for row in rows:
     lines.append('| ' + ' | '.join(_format(c, row[c]) for c in columns) + ' |')
   return '\n'.join(lines)
+
+
+RAW_PREFIXES = ('train/', 'eval/')  # What a run computed; not speed or memory.
+
+
+def write_jsonl(runs: Sequence[runs_lib.Run], path: str) -> None:
+  """Every run's train and eval metric lines, each with the run's directory name."""
+  with open(path, 'w') as f:
+    for run in runs:
+      for record in run.records:
+        kept = {k: v for k, v in record.items() if k.startswith(RAW_PREFIXES)}
+        if kept:
+          f.write(json.dumps({'run': run.name, 'step': record['step'], **kept}) + '\n')
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
@@ -222,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help='Top-1 accuracies for the "steps to X%%" columns, e.g. 0.5,0.7.')
   parser.add_argument('--ema', action='store_true', help='Errors of the EMA weights.')
   parser.add_argument('--csv', help='Also write the rows to this CSV file.')
+  parser.add_argument('--jsonl', help="Also write every run's train and eval metric lines here.")
   parser.add_argument('--no_cost', action='store_true', help='Skip params and FLOPs.')
   args = parser.parse_args(argv)
   try:
@@ -230,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_markdown(rows))
     if args.csv:
       write_csv(rows, args.csv)
+    if args.jsonl:
+      write_jsonl(runs, args.jsonl)
     arms = runs_lib.arms(runs)
     if any(len(a.runs) > 1 for a in arms):
       by_run = {run.workdir: row for run, row in zip(runs, rows)}

@@ -1,5 +1,7 @@
 """Sec. 3.3's outcomes from metric logs made by hand; the per-cell counts and the phase diagram."""
 
+import json
+
 import pytest
 
 from experiments import outcomes, plot_phase, summarize
@@ -131,9 +133,13 @@ def test_plot_phase_refuses_runs_without_a_learning_rate(tmp_path):
 
 
 def test_summarize_prints_each_outcome_and_k_of_n_per_cell(tmp_path, capsys):
-  _phase_runs(tmp_path)
-  summarize.main([str(tmp_path), '--no_cost'])
+  made = _phase_runs(tmp_path / 'sweep')
+  summarize.main([str(tmp_path / 'sweep'), '--no_cost', f'--jsonl={tmp_path / "raw.jsonl"}'])
   out = capsys.readouterr().out
   assert out.count('| died |') == 3 and out.count('| trained |') == 5
   assert '| 2 of 2 seeds died |' in out and '| 1 of 2 seeds died, 1 trained |' in out
   assert '| 0 of 2 seeds died, 2 trained |' in out
+  with open(tmp_path / 'raw.jsonl') as f:
+    raw = [json.loads(line) for line in f]
+  assert len(raw) == sum(len(r.records) for r in made) == 8 * 11
+  assert raw[0] == {'run': made[0].name, **made[0].records[0]}

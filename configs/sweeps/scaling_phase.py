@@ -64,9 +64,10 @@ def _cells(setting: str) -> list[dict]:
   """Every (row, learning rate) cell's overrides but the seed."""
   warmup = 0.5 if setting == 'offline' else 1.0  # 70 of 300 steps; 1 epoch on ImageNet.
   rows = [({'model.residual_scale': s}, LEARNING_RATES) for s in SCALES]
-  rows += [({'model.width_multiplier': NARROW[setting]}, LEARNING_RATES),
-           ({'warmup_epochs': warmup}, LEARNING_RATES[1:]),
-           ({'model.residual_scale': 0.3}, LEARNING_RATES[2:])]
+  # Where scale 1.0 starts to die: does it at a narrower width, or with a warm-up; and 0.3.
+  rows += [({'model.width_multiplier': NARROW[setting]}, LEARNING_RATES[2:]),
+           ({'warmup_epochs': warmup}, LEARNING_RATES[2:]),
+           ({'model.residual_scale': 0.3}, LEARNING_RATES[3:])]
   return [{**row, 'learning_rate': lr} for row, lrs in rows for lr in lrs]
 
 

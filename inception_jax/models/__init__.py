@@ -91,7 +91,8 @@ def create_model(name: str, *, num_classes: int = 1000, platform: str | None = N
   if 'residual_scale' in options:  # A 1-tuple is what `--config.model.residual_scale=0.2` gives.
     options['residual_scale'] = float(scales[0]) if len(scales) == 1 else tuple(
         float(s) for s in scales)
-  if options.get('repeats') == ():  # () in a config: the paper's repeats (None can't be overridden).
+  # () in a config ([] once saved as JSON): the paper's repeats (None can't be overridden).
+  if options.get('repeats') in ((), []):
     options['repeats'] = None
   if 'repeats' in options and options['repeats'] is not None:
     check_repeats(options['repeats'], name, variant)
