@@ -12,7 +12,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from inception_jax import hugepages
+from inception_jax import cli, hugepages
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the config.')
@@ -26,7 +26,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = FLAGS.config
   # pylint: disable=g-import-not-at-top
-  from inception_jax import cli, parallel
+  from inception_jax import parallel
   with cli.one_line_errors():  # Bad config or data, a non-finite stop: one line.
     # Before anything touches devices: multi-host init and the compile cache.
     parallel.maybe_initialize_distributed(
@@ -43,4 +43,4 @@ def main(argv):
 
 if __name__ == '__main__':
   hugepages.reexec_with_huge_pages()  # XLA:CPU's per-step buffers (inception_jax/hugepages.py).
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)  # A mistyped --config.<key>: one line.

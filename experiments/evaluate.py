@@ -53,7 +53,7 @@ from configs import default
 from experiments import runs
 from inception_jax import checkpointing, cli, convert, parallel, steps
 from inception_jax import metrics as metrics_lib
-from inception_jax.data import augment, input_pipeline, preprocessing
+from inception_jax.data import augment, datasets
 from inception_jax.models import Inception
 
 CONVERTED_IMAGE_SIZE = 299  # Every released Inception checkpoint.
@@ -147,7 +147,7 @@ def predict(member: Member, config: ml_collections.ConfigDict, num_classes: int,
   At most `batch_size` views (rounded up to a multiple of the devices) go through
   the network at a time, whatever `crops` is.
   """
-  preprocessing.check_crops(crops)
+  datasets.check_crops(crops)
   _check_head(member, num_classes)
   # Views per forward pass of this process: a multiple of its devices, as is the global
   # chunk of every process together.
@@ -155,7 +155,7 @@ def predict(member: Member, config: ml_collections.ConfigDict, num_classes: int,
   local_views = -(-batch_size // mesh.devices.size) * local_devices
   config = config.copy_and_resolve_references()
   config.image_size, config.eval_crop_fraction = member.image_size, member.crop_fraction
-  batches = input_pipeline.create_multicrop_eval_iterator(
+  batches = datasets.pipeline(config.dataset).create_multicrop_eval_iterator(
       config, crops=crops, local_batch_size=max(1, local_views // crops))
 
   apply = _probabilities_fn(member.model, member.label_offset, num_classes, mesh)
@@ -225,7 +225,7 @@ def evaluate(members: Sequence[Member], config: ml_collections.ConfigDict, mesh,
   """Top-1/top-5 error of each member and of their softmax average on `config`'s eval split."""
   if not members:
     raise ValueError('nothing to evaluate: give --workdirs and/or --weights')
-  num_classes = input_pipeline.get_dataset_info(config).num_classes
+  num_classes = datasets.get_dataset_info(config).num_classes
   results, ensemble, labels = [], None, None
   for member in members:
     start = time.perf_counter()
@@ -281,11 +281,11 @@ def main(argv: Sequence[str]) -> None:
     parallel.maybe_initialize_distributed(args.distributed)
     if not args.workdirs and not args.weights:
       raise ValueError('nothing to evaluate: give --workdir(s) and/or --weights')
-    preprocessing.check_crops(args.crops)
+    datasets.check_crops(args.crops)
     config = data_config(load_config(args.workdirs[0]) if args.workdirs else None,
                          dataset=args.dataset, data_dir=args.data_dir, split=args.split,
                          num_examples=args.num_examples)
-    num_classes = input_pipeline.get_dataset_info(config).num_classes
+    num_classes = datasets.get_dataset_info(config).num_classes
     mesh = parallel.create_mesh()
     members = [load_run(w, num_classes, mesh, ema=args.ema) for w in args.workdirs]
     members += [load_weights(w, mesh) for w in args.weights]

@@ -20,8 +20,8 @@ import numpy as np
 from experiments import outcomes
 from inception_jax import metrics as metrics_lib
 from inception_jax import train
+from inception_jax.data import datasets
 from inception_jax.models import upgrade_options
-from inception_jax.data import input_pipeline
 
 CONFIG_FILE = 'config.json'
 CHECKPOINTS = 'checkpoints'
@@ -151,9 +151,9 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
-def dataset_info(config: dict[str, Any]) -> input_pipeline.DatasetInfo:
+def dataset_info(config: dict[str, Any]) -> datasets.DatasetInfo:
   """Classes and split sizes of a run's dataset (which must be available here)."""
-  return input_pipeline.get_dataset_info(ml_collections.ConfigDict(config))
+  return datasets.get_dataset_info(ml_collections.ConfigDict(config))
 
 
 def schedule(config: dict[str, Any]) -> tuple[int, int]:

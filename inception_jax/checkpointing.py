@@ -8,9 +8,13 @@ complete, so a save cut short never replaces the last good one.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging as pylogging
 import os
-from typing import Any
+import sys
+import traceback
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -26,8 +30,60 @@ def _hide_orbax_info(record: pylogging.LogRecord) -> bool:
 logging.get_absl_logger().addFilter(_hide_orbax_info)
 
 
+def _hide_aborted_reads(record: pylogging.LogRecord) -> bool:
+  # The reads of a failed restore that were in flight: asyncio reports each of their tasks
+  # and futures with a traceback when it is collected, which can be long after the restore
+  # (`_quiet_aborted_restores`); the failure is reported once, by `restore_newest_readable`.
+  message = record.getMessage()
+  if 'exception was never retrieved' not in message:
+    return True
+  if record.exc_info:
+    message += ''.join(traceback.format_exception(*record.exc_info))
+  return not any(mark in message for mark in ('/orbax/', 'OCDBT', 'tensorstore'))
+
+
+pylogging.getLogger('asyncio').addFilter(_hide_aborted_reads)
+
+
 class CheckpointError(ValueError):
   """A checkpoint directory that cannot be read as what it should hold."""
+
+
+def _root_cause(error: BaseException) -> str:
+  """`error`'s innermost cause on one line, without the TensorStore specs (dozens of
+  lines) that orbax and tensorstore append to their messages."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error).split('\n', 1)[0].split(' [tensorstore_spec', 1)[0]
+  return f'{type(error).__name__}: {text}'
+
+
+def _left_by_an_aborted_restore(unraisable: sys.UnraisableHookArgs) -> bool:
+  if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed':
+    return True  # A read still in flight reporting to the failed restore's closed loop.
+  code = getattr(unraisable.object, 'cr_code', None)  # One of its coroutines, collected.
+  return code is not None and '/orbax/' in code.co_filename
+
+
+@contextlib.contextmanager
+def _quiet_aborted_restores() -> Iterator[None]:
+  """Drops the tracebacks a failed restore leaves behind, while the block runs.
+
+  When one file of a checkpoint is unreadable, orbax raises at the first failed read and
+  closes its event loop with the other reads in flight. Each of those prints a traceback,
+  hundreds for a train state, as an unraisable exception: when it completes (its callback
+  finds the loop closed) and when its coroutine is collected (orbax turns the
+  GeneratorExit into an error). The failure is reported once, by the caller.
+  """
+  previous = sys.unraisablehook
+  def hook(unraisable: sys.UnraisableHookArgs) -> None:
+    if not _left_by_an_aborted_restore(unraisable):
+      previous(unraisable)
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
 
 
 def _abstract(tree: Any) -> Any:
@@ -69,27 +125,34 @@ class RunCheckpoints:
     newest one's error is raised.
     """
     moved, first_error = [], None
-    for step in sorted(self.all_steps(), reverse=True):
-      try:
-        state = self.restore(template, step)
-      except CheckpointError as e:
-        first_error = first_error or e
-        path = os.path.join(self.directory, str(step))
-        os.rename(path, path + '.unreadable')  # Out of orbax's sight: it reads every step.
-        # A fresh manager: one that tried the foreign directory keeps its guess of the items.
-        self._manager.close()
-        self._manager = self._open()
-        moved.append((path, e))
-        continue
-      for path, error in moved:
-        logging.warning('Checkpoint %s is unreadable (%s); moved to %s.unreadable, resuming '
-                        'from step %d.', path, error, path, step)
-      return state
-    for path, _ in moved:
-      os.rename(path + '.unreadable', path)
-    self._manager.close()
-    self._manager = self._open()
-    raise first_error
+    with _quiet_aborted_restores():
+      for step in sorted(self.all_steps(), reverse=True):
+        try:
+          state = self.restore(template, step)
+          break
+        except CheckpointError as e:
+          # Its message only: the exception keeps the failed restore's coroutines alive.
+          first_error = first_error or str(e)
+          path = os.path.join(self.directory, str(step))
+          os.rename(path, path + '.unreadable')  # Out of orbax's sight: it reads every step.
+          # A fresh manager: one that tried the foreign directory keeps its guess of the items.
+          self._manager.close()
+          self._manager = self._open()
+          moved.append((path, _root_cause(e)))
+      else:
+        state = None
+      if moved:  # Those coroutines report when collected: now, while that is quiet.
+        gc.collect()
+    if state is None:
+      for path, _ in moved:
+        os.rename(path + '.unreadable', path)
+      self._manager.close()
+      self._manager = self._open()
+      raise CheckpointError(first_error)
+    for path, reason in moved:
+      logging.warning('Checkpoint %s is unreadable (%s); moved to %s.unreadable, resuming '
+                      'from step %d.', path, reason, path, step)
+    return state
 
   def restore_subset(self, template: Any, step: int | None = None) -> Any:
     """Restores only the top-level entries of `template` that it names.
@@ -108,7 +171,7 @@ class RunCheckpoints:
       return self._manager.restore(step, args=args)
     except Exception as e:  # orbax raises many kinds; the user needs the directory.
       raise CheckpointError(
-          f'cannot restore step {step} from {self.directory}: {type(e).__name__}: {e}. '
+          f'cannot restore step {step} from {self.directory}: {_root_cause(e)}. '
           'It is corrupt or was written by a different model/config; move it away or '
           'use another --workdir.') from e
 

@@ -1,7 +1,8 @@
 """Metric collections (clu) and writers: TensorBoard, the log, and `metrics.jsonl`.
 
 `metrics.jsonl` in the workdir is what experiments read back: one JSON object per
-write, `{"step": N, "train/loss": ..., ...}`.
+write, `{"step": N, "train/loss": ..., ...}`. TensorBoard's event files go beside it,
+written by clu's tf.summary writer, or by `TensorBoardWriter` where TensorFlow is missing.
 """
 
 
@@ -9,6 +10,7 @@ import collections
 import json
 import os
 import re
+import time
 from typing import Any, Mapping
 
 import flax
@@ -17,6 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metric_writers, metrics
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+from tensorboard.summary.writer import event_file_writer
+
+from inception_jax import extras
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -125,7 +132,8 @@ def train_scalars(values: Mapping[str, Any], step: int) -> dict[str, float]:
   As ReLUs pass no gradient at zero, a dead pre-pool layer does not recover by itself.
   """
   values = dict(values)
-  scalars = with_accuracy({**values, **values.pop('stage', {})}, 'train')  # train/branch_rms/..
+  stages = values.pop('stage', {})
+  scalars = with_accuracy({**values, **stages}, 'train')  # train/branch_rms/<stage>, ...
   dead = network_dead(scalars)
   scalars['train/network_dead'] = float(dead)
   if dead:
@@ -136,18 +144,9 @@ def train_scalars(values: Mapping[str, Any], step: int) -> dict[str, float]:
   return scalars
 
 
-class JsonlWriter(metric_writers.MetricWriter):
-  """Appends scalars to `<workdir>/metrics.jsonl`, one line per write."""
+class _ScalarWriter(metric_writers.MetricWriter):
+  """A writer of scalars: training writes no other kind (images, histograms, ...)."""
 
-  def __init__(self, workdir: str):
-    self._path = os.path.join(workdir, METRICS_FILE)
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    record = {'step': int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
-    with open(self._path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-
-  # Only scalars are plotted later; the other kinds go to TensorBoard alone.
   def write_summaries(self, step, values, metadata=None):  # pylint: disable=unused-argument
     pass
 
@@ -165,12 +164,57 @@ class JsonlWriter(metric_writers.MetricWriter):
   close = flush
 
 
+class JsonlWriter(_ScalarWriter):
+  """Appends scalars to `<workdir>/metrics.jsonl`, one line per write."""
+
+  def __init__(self, workdir: str):
+    self._path = os.path.join(workdir, METRICS_FILE)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    record = {'step': int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+class TensorBoardWriter(_ScalarWriter):
+  """Scalars and hparams to TensorBoard event files in `logdir`, without TensorFlow.
+
+  The tensorboard package's own event writer and protos: scalars as `simple_value`
+  (tf.summary's v1 form, which TensorBoard reads as v2's), hparams as its hparams plugin's
+  session summary, as clu's tf.summary writer writes them.
+  """
+
+  def __init__(self, logdir: str):
+    self._events = event_file_writer.EventFileWriter(logdir)
+
+  def _write(self, step: int, summary: summary_pb2.Summary) -> None:
+    self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    self._write(int(step), summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=k, simple_value=float(np.asarray(v)))
+        for k, v in scalars.items()]))
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    self._write(0, hparams_summary.hparams_pb(dict(hparams)))
+
+  def flush(self) -> None:
+    self._events.flush()
+
+  def close(self) -> None:
+    self._events.close()
+
+
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
   """TensorBoard + logging + metrics.jsonl on process 0, logging only elsewhere."""
   if jax.process_index() > 0:
     return metric_writers.create_default_writer(workdir, just_logging=True)
-  return metric_writers.MultiWriter([metric_writers.create_default_writer(workdir),
-                                     JsonlWriter(workdir)])
+  if extras.available('tensorflow'):
+    default = metric_writers.create_default_writer(workdir)  # tf.summary, asynchronous.
+  else:
+    default = metric_writers.AsyncMultiWriter([metric_writers.LoggingWriter(),
+                                               TensorBoardWriter(workdir)])
+  return metric_writers.MultiWriter([default, JsonlWriter(workdir)])
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:

@@ -27,7 +27,7 @@ from clu import parameter_overview, periodic_actions
 from inception_jax import checkpointing, monitor, ops, optim, parallel, validation
 from inception_jax import metrics as metrics_lib
 from inception_jax.convert import common as convert_common
-from inception_jax.data import input_pipeline, prefetch, synthetic
+from inception_jax.data import datasets, prefetch, synthetic
 from inception_jax.models import upgrade_options
 from inception_jax.steps import (TrainState, batch_spec, create_model_from_config,
                                  create_train_state, eval_step, train_step)
@@ -45,7 +45,7 @@ def _train_batches(config: ml_collections.ConfigDict, mesh, start: int) -> Itera
   """Global training batches on the devices from `start` on, prefetched (`data/prefetch.py`)."""
   if config.dataset == synthetic.NAME:
     return synthetic.batches(config, parallel.batch_sharded(mesh), config.batch_size)
-  local = input_pipeline.create_train_iterator(
+  local = datasets.pipeline(config.dataset).create_train_iterator(
       config, local_batch_size=parallel.local_batch_size(config.batch_size, mesh),
       start_step=start)
   return prefetch.Prefetcher(local, functools.partial(parallel.to_global, mesh=mesh),
@@ -64,7 +64,8 @@ def _eval_batches(config: ml_collections.ConfigDict, mesh, num_steps: int) -> It
     return
   local_batch = parallel.local_batch_size(config.eval_batch_size, mesh)
   padding = {k: np.zeros(v.shape, v.dtype) for k, v in batch_spec(config, local_batch).items()}
-  it = input_pipeline.create_eval_iterator(config, local_batch_size=local_batch)
+  it = datasets.pipeline(config.dataset).create_eval_iterator(
+      config, local_batch_size=local_batch)
   for _ in range(num_steps):
     yield parallel.to_global(next(it, padding), mesh)
 
@@ -236,12 +237,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   # Every check that can fail on the config or the data runs before the workdir is written.
   validation.validate(config)
-  data = input_pipeline.with_holdout(config)  # Training's splits: minival, when asked.
+  data = datasets.with_holdout(config)  # Training's splits: minival, when asked.
   mesh = parallel.create_mesh(devices)
   # Refuses a batch, or a micro-batch, that the devices cannot split.
   parallel.local_batch_size(config.batch_size // config.grad_accum_steps, mesh)
   parallel.local_batch_size(config.eval_batch_size, mesh)
-  info = input_pipeline.get_dataset_info(data)
+  info = datasets.get_dataset_info(data)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
   steps_per_epoch, num_steps = schedule_steps(config, info.num_train_examples)

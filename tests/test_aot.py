@@ -72,6 +72,7 @@ def test_the_cpu_target_compiles_with_the_cpu_kernels(tiny_data_dir):
 
 
 @needs_libtpu
+@pytest.mark.perf
 @pytest.mark.parametrize('group', [0, 8])
 def test_tpu_train_step_reduces_gradients_in_float32(tiny_data_dir, optimized, group):
   """bf16 compute on a v5e slice: no all-reduce carries bf16, BatchNorm's groups of the

@@ -1,6 +1,7 @@
 """The benchmark scripts: their JSON records, tables and command-line errors."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -126,3 +127,53 @@ def test_resume_benchmark_times_both_formats(tmp_path):
   for r in records:
     assert r['examples'] == 200 and r['position'] == 176  # 90% of 200, whole batches of 16.
     assert r['first_batch_s'] > 0 and r['first_batch_from_start_s'] > 0
+
+
+GPU_CHECK = os.path.join(REPO, 'benchmarks', 'gpu_check.py')
+
+
+def test_gpu_check_smoke_records_every_part(tmp_path):
+  # The script a lent GPU host runs, on CPU at its smoke size: every part, one JSON line each.
+  out = tmp_path / 'gpu_check.jsonl'
+  # No wheels to install from and a fresh compilation cache: nothing outside tmp_path changes.
+  proc = subprocess.run([sys.executable, GPU_CHECK, '--smoke', f'--out={out}', '--cache_dir=',
+                         f'--wheels={tmp_path / "no_wheels"}'],
+                        env=subprocess_env(), cwd=REPO, capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  records = [json.loads(line) for line in out.read_text().splitlines()]
+  host, *parts = records
+  assert host['part'] == 'versions' and host['jax'] and host['device'] and host['python']
+  assert [(r['part'], r.get('scan_blocks'), r.get('mode')) for r in parts] == [
+      ('jax', False, None), ('train', False, None), ('timm', None, 'eager'),
+      ('timm', None, 'compile'), ('jax', True, None)]
+  cells = [r for r in parts if r['part'] == 'jax']
+  for r in cells:
+    assert 'error' not in r and 'skipped' not in r, r
+    for key in ('compile_s', 'train_img_s', 'eval_img_s', 'train_tflop_s', 'train_mfu',
+                'eval_mfu', 'peak_gb', 'xla_temp_gb', 'train_gflops_per_img'):
+      assert math.isfinite(r[key]) and r[key] > 0, (key, r[key])
+    assert (r['batch'], r['image_size'], r['dtype']) == (4, 75, 'bfloat16')
+  # The scanned network is credited with the unrolled one's FLOPs (XLA counts a body once).
+  assert cells[0]['train_gflops_per_img'] == cells[1]['train_gflops_per_img']
+  (train,) = [r for r in parts if r['part'] == 'train']
+  assert train['loss_fell'] and train['last_loss'] < train['first_loss'], train
+  assert math.isfinite(train['first_loss']) and train['cache_hits'] > 0  # The cell's steps.
+  for r in parts:
+    if r['part'] == 'timm':  # No CUDA here: skipped in one line, or no PyTorch at all.
+      assert 'skipped' in r and 'error' not in r, r
+  table = [line for line in proc.stdout.splitlines() if line.startswith('| ')]
+  assert table[0].startswith('| part | batch | scan |') and len(table) == 1 + len(parts)
+  assert 'training: loss' in proc.stdout and 'anchors:' in proc.stdout
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--batch=3', '--batch=3: each must be a positive multiple of the BatchNorm group (2 images)'),
+    ('--timm=fast', "argument --timm: 'fast' is invalid"),
+    ('--steps=0', '--steps=0 must be >= 1'),
+])
+def test_gpu_check_bad_flags_give_one_line_errors(flag, message):
+  proc = subprocess.run([sys.executable, GPU_CHECK, '--smoke', flag], env=subprocess_env(),
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stdout == ''
+  assert message in proc.stderr.strip().splitlines()[-1], proc.stderr

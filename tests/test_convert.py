@@ -24,10 +24,15 @@ import sys
 # compiles every initializer); the importer reads the same files with either.
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 
-import h5py  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest
+
+# Keras references and TF-Slim files: the TensorFlow side (requirements.txt).
+pytest.importorskip('tensorflow')
+
+import h5py
 import jax
 import numpy as np
-import pytest
 from safetensors.numpy import save_file
 
 from configs import finetune
@@ -38,7 +43,8 @@ from tests.reference_names import slim_names, timm_names
 from tests.util import REPO, subprocess_env
 
 # TensorFlow's variables warn when numpy 2 copies them (Keras on its TF backend).
-pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
+pytestmark = [pytest.mark.tf,
+              pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')]
 
 SIZE = 107  # grids 11, 5 and 2 in the three stages
 EPS = 1e-3

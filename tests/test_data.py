@@ -9,16 +9,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
+tf = pytest.importorskip('tensorflow')  # Tests of the TensorFlow side (requirements.txt).
+tfds = pytest.importorskip('tensorflow_datasets')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from inception_jax import parallel, train
 from inception_jax.data import augment
+from inception_jax.data import datasets
 from inception_jax.data import input_pipeline
 from inception_jax.data import offline
 from inception_jax.data import preprocessing
 from tests.util import tiny_config
 
+pytestmark = pytest.mark.tf
 TINY = 'offline_shapes/tiny'  # 200 train / 50 test examples.
 IMAGE_SIZE = 32
 
@@ -119,7 +123,7 @@ def test_default_offline_config_sizes():
 
 def test_dataset_info(tiny_dir):
   info = input_pipeline.get_dataset_info(make_config(tiny_dir))
-  assert info == input_pipeline.DatasetInfo(
+  assert info == datasets.DatasetInfo(
       num_classes=10, num_train_examples=200, num_eval_examples=50
   )
 
@@ -284,7 +288,7 @@ def test_image_folder_skips_corrupt_images(tmp_path):
   _write_image_folder(tmp_path)
   config = make_config(tmp_path, dataset='image_folder', image_folder=os.fspath(tmp_path))
   info = input_pipeline.get_dataset_info(config)
-  assert info == input_pipeline.DatasetInfo(2, 10, 11)
+  assert info == datasets.DatasetInfo(2, 10, 11)
   batch, = train_batches(config, 1, local_batch_size=4, process_index=1, process_count=2)
   assert batch['image'].shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
   parts = [
@@ -367,7 +371,7 @@ def test_device_augmentation_is_per_image_and_independent_of_the_sharding():
 
 def test_holdout_is_the_end_of_the_train_split_and_training_never_reads_it(tiny_data_dir):
   config = tiny_config(tiny_data_dir, holdout_fraction=0.1)
-  data = input_pipeline.with_holdout(config)
+  data = datasets.with_holdout(config)
   assert (data.train_split, data.eval_split) == ('train[:180]', 'train[180:]')
   info = input_pipeline.get_dataset_info(data)
   assert (info.num_train_examples, info.num_eval_examples) == (180, 20)
@@ -381,7 +385,7 @@ def test_holdout_is_the_end_of_the_train_split_and_training_never_reads_it(tiny_
   train_images = [digest(b['image'][i]) for b in whole for i in range(20)]
   assert held == set(train_images[180:]) and not held & set(train_images[:180])
   with pytest.raises(ValueError, match='holdout_fraction=1.5 is invalid'):
-    input_pipeline.with_holdout(tiny_config(tiny_data_dir, holdout_fraction=1.5))
+    datasets.with_holdout(tiny_config(tiny_data_dir, holdout_fraction=1.5))
 
 
 def dict_config(config, **overrides):

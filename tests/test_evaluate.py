@@ -11,13 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
 
+tf = pytest.importorskip('tensorflow')  # Tests of the TensorFlow side (requirements.txt).
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import evaluate
 from inception_jax import checkpointing, optim, parallel, steps, train
-from inception_jax.data import augment, input_pipeline, preprocessing
+from inception_jax.data import augment, datasets, input_pipeline, preprocessing
 from inception_jax.models import create_model
 from tests.util import REPO, subprocess_env, tiny_config
+
+pytestmark = pytest.mark.tf
 
 S = 75  # Crop size of the view tests.
 NUM_CLASSES = 10  # offline_shapes
@@ -30,7 +34,7 @@ def noise_image(height: int, width: int) -> np.ndarray:
 
 # --- Views ----------------------------------------------------------------------
 
-@pytest.mark.parametrize('crops', preprocessing.CROP_COUNTS)
+@pytest.mark.parametrize('crops', datasets.CROP_COUNTS)
 def test_view_counts(crops):
   for image in (noise_image(100, 130), tf.io.encode_jpeg(noise_image(130, 100))):
     views = preprocessing.eval_views(image, crops, S).numpy()

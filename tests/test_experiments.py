@@ -21,6 +21,7 @@ from absl import flags
 
 from experiments import plot_curves, runs, summarize, sweep
 from inception_jax import checkpointing, metrics, train
+from inception_jax.models import create_model, summary
 from tests.util import REPO, tiny_config
 
 SWEEP_FILE = '''
@@ -174,6 +175,7 @@ def test_stage_monitor_clipping_and_dead_flag_are_logged(sweep_dir):
       steps, values = residual.series(key)
       assert list(steps) == [2, 4] and np.all(np.isfinite(values))
       assert np.all(values >= 0) and (stat == 'dead_channels' or np.all(values > 0))
+  assert not any(k.startswith('train/stage') for r in residual.records for k in r)
   _, clipped = residual.series('train/clipped_fraction')
   assert set(clipped) <= {0.0, 0.5, 1.0}  # Two steps a log.
   assert list(residual.series('train/network_dead')[1]) == [0.0, 0.0]
@@ -279,7 +281,7 @@ SWEEPS = os.path.join(REPO, 'configs', 'sweeps')
 @pytest.mark.parametrize('spec', sorted(
     f for f in os.listdir(SWEEPS) if f.endswith('.py') and f not in ('__init__.py', 'common.py')
 ) + [f'{name}.py:imagenet' for name in ('residual_scale', 'width', 'use_residual',
-                                         'paper_pairs')])
+                                         'paper_pairs', 'scaling_phase')])
 def test_sweep_configs_load_and_validate(spec):
   path, arg = sweep.split_spec(os.path.join(SWEEPS, spec))
   module = sweep.load_module(path)
@@ -289,6 +291,24 @@ def test_sweep_configs_load_and_validate(spec):
   assert len({t.name for t in trials}) == len(overrides) >= 2
   if arg == 'imagenet':
     assert {t.config.dataset for t in trials} == {'imagenet2012'}
+
+
+@pytest.mark.parametrize('setting, wide, narrow', [(None, 1072, 536), ('imagenet', 2144, 858)])
+def test_scaling_phase_puts_its_widest_stage_above_and_below_1000_channels(setting, wide,
+                                                                           narrow):
+  # Sec. 3.3: the deaths were seen beyond ~1000 filters.
+  module = sweep.load_module(os.path.join(SWEEPS, 'scaling_phase.py'))
+  trials = sweep.make_trials(module.get_config(setting), module.sweep(setting), '/tmp/sweep')
+  widest = {}
+  for width in {t.config.model.width_multiplier for t in trials}:
+    options = dict(trials[0].config.model.to_dict(), width_multiplier=width, repeats=(1, 1, 1))
+    rows = summary.stage_stats(create_model(num_classes=10, **options), 75)
+    widest[width] = max(r.output_shape[-1] for r in rows if r.name.startswith('InceptionResNet'))
+  assert widest == {module.WIDE[setting or 'offline']: wide,
+                    module.NARROW[setting or 'offline']: narrow}
+  lrs = {t.config.learning_rate for t in trials}
+  assert len(lrs) >= 4 and max(lrs) / min(lrs) >= 8
+  assert {t.config.seed for t in trials} == {0, 1}
 
 
 # --- Synthetic runs. ---

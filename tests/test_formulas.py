@@ -8,11 +8,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow as tf
 
+tf = pytest.importorskip('tensorflow')  # For the crop and the training step on real data.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from inception_jax import metrics, optim, steps
 from inception_jax.data import input_pipeline, preprocessing
 from tests.util import tiny_config
+
+pytestmark = pytest.mark.tf
 
 
 def test_label_smoothing_spreads_epsilon_over_every_class():

@@ -228,6 +228,10 @@ def test_repeats_set_the_number_of_blocks():
        192 * 224 * 7 + 224 * 224 * 7 + 224 * 256 * 7 + 1024 * 128 +
        (384 + 192 + 224 + 256 + 192 + 192 + 224 + 224 + 256 + 128))
   assert full - fewer == b
+  # () and, as a saved config.json has it, [] are the paper's counts: Inception-v3 takes them.
+  v3 = param_count(create_model('inception_v3'))
+  assert param_count(create_model('inception_v3', repeats=[])) == v3
+  assert param_count(create_model('inception_v4', repeats=())) == full
 
 
 def test_training_returns_aux_logits_and_sows_pre_pool():
@@ -381,32 +385,38 @@ def test_avg_pool_include_pad_counts_the_zero_padding():
   assert not np.allclose(_forward(model, variables), _forward(padded, variables), atol=1e-5)
 
 
-def test_bn_groups_of_the_per_device_batch_are_per_device_statistics():
-  """bn_group_size = images per device: each device normalizes its own images, with no
-  collective in the forward pass; 0 keeps BatchNorm over the global batch."""
+def _bn_group_case():
+  """A tiny IR-v2 with BatchNorm groups of 2 and one without, 8 images sharded over 4 devices."""
   kw = dict(repeats=(1, 1, 1), dropout_rate=0.0, **TINY)
   grouped = create_model('inception_resnet_v2', bn_group_size=2, **kw)
   whole = create_model('inception_resnet_v2', **kw)
   x = jnp.tile(X, (4, 1, 1, 1)) * jnp.arange(1, 9)[:, None, None, None] / 8  # 8 images
-  variables = _init(whole, x)
-  train = lambda m: (lambda v, x: m.apply(v, x, train=True, mutable=['batch_stats']))
-  # Each device's 2 images alone, through the network with global statistics.
-  parts = [jax.jit(train(whole))(variables, x[i:i + 2]) for i in range(0, 8, 2)]
   mesh = parallel.create_mesh()
-  sharded = jax.device_put(x, parallel.batch_sharded(mesh))
-  step = jax.jit(train(grouped), in_shardings=(parallel.replicated(mesh),
-                                               parallel.batch_sharded(mesh)))
-  logits, stats = step(variables, sharded)
+  train = lambda m: jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=['batch_stats']),
+                            in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
+  return grouped, whole, x, _init(whole, x), train, jax.device_put(x, parallel.batch_sharded(mesh))
+
+
+def test_bn_groups_of_the_per_device_batch_are_per_device_statistics():
+  """bn_group_size = images per device: each device normalizes its own images."""
+  grouped, whole, x, variables, train, sharded = _bn_group_case()
+  # Each device's 2 images alone, through the network with global statistics.
+  alone = jax.jit(lambda v, x: whole.apply(v, x, train=True, mutable=['batch_stats']))
+  parts = [alone(variables, x[i:i + 2]) for i in range(0, 8, 2)]
+  logits, stats = train(grouped)(variables, sharded)
   np.testing.assert_allclose(logits, jnp.concatenate([p[0] for p in parts]), rtol=1e-4,
                              atol=1e-5)
   mean_stats = jax.tree.map(lambda *s: sum(s) / 4, *[p[1] for p in parts])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), stats,
                mean_stats)
 
+
+@pytest.mark.perf
+def test_bn_groups_leave_one_all_reduce_in_the_forward_pass():
+  grouped, whole, _, variables, train, sharded = _bn_group_case()
+
   def all_reduces(model):
-    hlo = jax.jit(train(model), in_shardings=(parallel.replicated(mesh),
-                                              parallel.batch_sharded(mesh))).lower(
-        variables, sharded).compile().as_text()
+    hlo = train(model).lower(variables, sharded).compile().as_text()
     return hlo.count('all-reduce(') + hlo.count('all-reduce-start(')
   # The running averages' mean over the groups is the one collective left: XLA combines
   # every layer's into one all-reduce of a few KB. Without groups, one or two per layer.

@@ -5,6 +5,7 @@
 """
 
 import re
+from typing import Iterator
 
 import flax.linen as nn
 import jax
@@ -67,20 +68,33 @@ def test_conv_and_its_gradients_are_lax_conv(kernels, kernel, strides, padding):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_conv_sums_its_weight_gradient_in_float32():
-  """The float32 kernel's gradient leaves the batch sum in float32 (the all-reduce's dtype)."""
+def _bfloat16_conv_losses() -> Iterator[tuple]:
+  """Float32 weights on a bfloat16 input, per stride and padding: the weights, the loss of
+  the conv and the loss of the same conv in float32."""
   rng = np.random.RandomState(0)
   x = jnp.asarray(rng.randn(8, 9, 9, 16), jnp.bfloat16)
   w = jnp.asarray(rng.randn(3, 3, 16, 8) * 0.1, jnp.float32)
   for strides, padding in [((1, 1), 'SAME'), ((2, 2), 'VALID')]:
-    loss = lambda w: jnp.sum(ops.Reference().conv(x, w, strides, padding).astype(jnp.float32))
+    loss = lambda w, s=strides, p=padding: jnp.sum(
+        ops.Reference().conv(x, w, s, p).astype(jnp.float32))
+    exact = lambda w, s=strides, p=padding: jnp.sum(lax.conv_general_dilated(
+        x.astype(jnp.float32), w, s, p, dimension_numbers=NHWC))
+    yield w, loss, exact
+
+
+@pytest.mark.perf
+def test_bfloat16_conv_sums_its_weight_gradient_in_float32():
+  """The float32 kernel's gradient leaves the batch sum in float32 (the all-reduce's dtype):
+  a bf16 x bf16 convolution with a float32 result."""
+  for w, loss, _ in _bfloat16_conv_losses():
     text = jax.jit(jax.grad(loss)).lower(w).as_text()
-    # The kernel gradient is a bf16 x bf16 convolution with a float32 result.
     assert re.search(r'stablehlo.convolution.*\(tensor<[^>]*bf16>, tensor<[^>]*bf16>\) -> '
                      r'tensor<3x3x16x8xf32>', text), text
-    exact = jax.grad(lambda w: jnp.sum(lax.conv_general_dilated(
-        x.astype(jnp.float32), w, strides, padding, dimension_numbers=NHWC)))(w)
-    np.testing.assert_allclose(jax.grad(loss)(w), exact, rtol=2e-2, atol=2e-2)
+
+
+def test_bfloat16_conv_weight_gradient_is_the_float32_one_to_bfloat16_precision():
+  for w, loss, exact in _bfloat16_conv_losses():
+    np.testing.assert_allclose(jax.grad(loss)(w), jax.grad(exact)(w), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize('group_size', [0, 2])
@@ -206,6 +220,7 @@ def test_channel_sums_sum_over_every_axis_but_channels(kernels, shape):
 
 # --- What the xla_cpu rules compile to on XLA:CPU. --------------------------------
 
+@pytest.mark.perf
 def test_1x1_weight_gradient_is_one_matmul_without_a_transposed_copy():
   """The 1x1 dot contracts one axis of an (N*H*W, C) view; contracting N, H and W of
   the 4-d arrays made XLA:CPU copy the output gradient transposed first."""
@@ -221,6 +236,7 @@ def test_1x1_weight_gradient_is_one_matmul_without_a_transposed_copy():
   assert transposes(lambda x, w: jnp.einsum('nhwc,cf->nhwf', x, w[0, 0])) >= 1
 
 
+@pytest.mark.perf
 def test_conv_gradients_inside_a_scan_compile_to_nhwc_convs_only():
   """Inside a scan's loop XLA:CPU keeps jax's transposed gradient convs, which run on its
   generic convolution; written out, every conv of the loop is a forward NHWC/HWIO one."""
@@ -239,6 +255,7 @@ def test_conv_gradients_inside_a_scan_compile_to_nhwc_convs_only():
   assert labels(ops.Reference()) > {'b01f_01io->b01f'}
 
 
+@pytest.mark.perf
 def test_weight_gradient_transposes_the_stored_input_on_its_own():
   """The (C, H, W, N) copy of a conv's input for its weight gradient reads the stored
   input only: fused with the BatchNorm + ReLU that made the input, or with the padding,
@@ -255,6 +272,7 @@ def test_weight_gradient_transposes_the_stored_input_on_its_own():
   assert transposed and all(re.fullmatch(r'%optimization_barrier[\w.]*', t) for t in transposed)
 
 
+@pytest.mark.perf
 def test_bias_gradient_is_a_vector_matrix_product_without_a_transposed_copy():
   """The partial channel sums are the product's right operand: as its left one (an
   einsum 'gkc,k->gc') XLA:CPU copied them transposed first."""
@@ -282,6 +300,7 @@ def _pool_gradient_hlo(kernels: ops.Reference, group_size: int = 0) -> str:
   return jax.jit(jax.grad(loss), compiler_options=options).lower(w).compile().as_text()
 
 
+@pytest.mark.perf
 def test_max_pool_gradient_needs_no_index_arrays_and_no_scatter():
   """xla_cpu keeps one int8 tap index per output; XLA's own gradient builds int32 index
   arrays of the input's size for a variadic reduce-window, then scatters."""
@@ -292,6 +311,7 @@ def test_max_pool_gradient_needs_no_index_arrays_and_no_scatter():
   assert re.search(r's32\[4,21,21,8\]', theirs) and re.search(r' (select-and-)?scatter\(', theirs)
 
 
+@pytest.mark.perf
 def test_max_pool_gradient_taps_are_summed_once():
   """With the batch as one BatchNorm group, no (1, N, ...) view sits between the pool's
   gradient and the BatchNorm's, and XLA:CPU sums the nine taps' pads in one loop; through
@@ -308,6 +328,7 @@ TINY = dict(width_multiplier=0.125, num_classes=7)
 X = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (2, 75, 75, 3)), jnp.float32)
 
 
+@pytest.mark.perf
 def test_each_residual_block_output_is_computed_once():
   """Unrolled, no fusion re-derives a block's output from earlier blocks' expansions.
 
@@ -342,27 +363,37 @@ def test_each_residual_block_output_is_computed_once():
   assert most_expansions_in_one_fusion(dropped) >= 3
 
 
-def test_cpu_conv_library_chooses_the_library_not_the_function():
-  kw = dict(kernels='xla_cpu', repeats=(1, 1, 1), **TINY)
-  eigen = create_model('inception_resnet_v2', cpu_conv_library='eigen', **kw)
-  ynnpack = create_model('inception_resnet_v2', cpu_conv_library='ynnpack', **kw)
+LIBRARY_KW = dict(kernels='xla_cpu', repeats=(1, 1, 1), **TINY)
+
+
+def _compiled_per_conv_library() -> tuple[list, tuple]:
+  """The forward pass compiled with Eigen's and with YNNPACK's convolutions, and its args."""
+  eigen, ynnpack = (create_model('inception_resnet_v2', cpu_conv_library=library, **LIBRARY_KW)
+                    for library in ('eigen', 'ynnpack'))
   variables = eigen.init(jax.random.key(0), X)
   x = jnp.tile(X, (4, 1, 1, 1))  # Enough rows for XLA to hand the 1x1 dots to YNNPACK.
-  outputs, programs = [], []
-  for model in (eigen, ynnpack):
-    compiled = jax.jit(lambda v, x, model=model: model.apply(v, x),
-                       compiler_options=model.compiler_options).lower(variables, x).compile()
-    programs.append(compiled.as_text())
-    outputs.append(compiled(variables, x))
-  assert '__ynn_fusion' not in programs[0] and '__ynn_fusion' in programs[1]
-  np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+  compiled = [jax.jit(lambda v, x, model=model: model.apply(v, x),
+                      compiler_options=model.compiler_options).lower(variables, x).compile()
+              for model in (eigen, ynnpack)]
+  return compiled, (variables, x)
+
+
+@pytest.mark.perf
+def test_cpu_conv_library_ynnpack_hands_the_dots_to_ynnpack():
+  (eigen, ynnpack), _ = _compiled_per_conv_library()
+  assert '__ynn_fusion' not in eigen.as_text() and '__ynn_fusion' in ynnpack.as_text()
+
+
+def test_cpu_conv_library_chooses_the_library_not_the_function():
+  (eigen, ynnpack), (variables, x) = _compiled_per_conv_library()
+  np.testing.assert_allclose(eigen(variables, x), ynnpack(variables, x), rtol=1e-4, atol=1e-5)
   # A scan also compiles with XLA's older loop emitters and LLVM at -O2, with either library;
   # same function.
   scan_options = {'xla_cpu_use_fusion_emitters': False, 'xla_backend_optimization_level': 2}
-  scanned = create_model('inception_resnet_v2', scan_blocks=True, **kw)
+  scanned = create_model('inception_resnet_v2', scan_blocks=True, **LIBRARY_KW)
   assert scanned.compiler_options == {**EIGEN, **scan_options}
   assert create_model('inception_resnet_v2', scan_blocks=True, cpu_conv_library='ynnpack',
-                      **kw).compiler_options == scan_options
+                      **LIBRARY_KW).compiler_options == scan_options
   variables = scanned.init(jax.random.key(0), X)
   np.testing.assert_allclose(
       jax.jit(scanned.apply, compiler_options=scanned.compiler_options)(variables, x),

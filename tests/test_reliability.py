@@ -228,10 +228,10 @@ def test_two_processes_train_agree_and_stop_when_a_peer_dies(tmp_path, tiny_data
   assert 'another task died' in out
 
 
-def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path, tiny_data_dir):
+def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path):
   """2 processes of 2 devices and 1 process of 4, on the same global batches
   (`dataset='synthetic'` makes them on the devices): the same parameters after 3 updates."""
-  config = tiny_config(tiny_data_dir, dataset='synthetic', num_train_steps=3, log_every_steps=3,
+  config = tiny_config(tmp_path, dataset='synthetic', num_train_steps=3, log_every_steps=3,
                        eval_every_steps=3, steps_per_eval=1, checkpoint_every_steps=3)
   two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
   procs = _start_two_processes(config, two, 'run') + [_start(config, one, num_devices=4)]

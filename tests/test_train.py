@@ -14,7 +14,7 @@ import pytest
 
 from experiments import runs
 from inception_jax import checkpointing, optim, steps, train, validation
-from inception_jax.data import augment, input_pipeline
+from inception_jax.data import augment, datasets
 from tests.util import REPO, tiny_config
 
 
@@ -26,8 +26,13 @@ def _assert_trees_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+def _first_batch(config, batch_size: int = 8):
+  return next(datasets.pipeline(config.dataset).create_train_iterator(
+      config, local_batch_size=batch_size))
+
+
 def _step_fn(config):
-  info = input_pipeline.get_dataset_info(config)
+  info = datasets.get_dataset_info(config)
   model = steps.create_model_from_config(config, info.num_classes)
   tx = optim.create_optimizer(config, optim.create_schedule(config, 25))
   state = jax.jit(lambda: steps.create_train_state(model, config, tx))()
@@ -38,7 +43,7 @@ def _step_fn(config):
 def test_loss_falls_on_a_fixed_batch(tiny_data_dir):
   config = tiny_config(tiny_data_dir, label_smoothing=0.0, weight_decay=0.0)
   state, step = _step_fn(config)
-  batch = next(input_pipeline.create_train_iterator(config, local_batch_size=8))
+  batch = _first_batch(config)
   losses = []
   for _ in range(12):
     state, metrics = step(state, batch)
@@ -52,8 +57,8 @@ def test_grad_norm_is_the_global_norm_of_the_gradient(tiny_data_dir):
   config = tiny_config(tiny_data_dir, label_smoothing=0.0, weight_decay=0.0,
                        **{'model.dropout_rate': 0.0})
   state, step = _step_fn(config)
-  batch = next(input_pipeline.create_train_iterator(config, local_batch_size=8))
-  num_classes = input_pipeline.get_dataset_info(config).num_classes
+  batch = _first_batch(config)
+  num_classes = datasets.get_dataset_info(config).num_classes
   model = steps.create_model_from_config(config, num_classes)
 
   def loss(params):
@@ -70,7 +75,7 @@ def test_grad_norm_is_the_global_norm_of_the_gradient(tiny_data_dir):
 def test_nonfinite_update_is_skipped_and_counted(tiny_data_dir):
   config = tiny_config(tiny_data_dir, nonfinite_policy='skip')
   state, step = _step_fn(config)
-  batch = next(input_pipeline.create_train_iterator(config, local_batch_size=8))
+  batch = _first_batch(config)
   before = _params(state)
   bad = dict(batch, image=np.full(batch['image'].shape, np.nan, np.float32))
   state, metrics = step(state, bad)
@@ -226,7 +231,7 @@ def test_every_config_validates_and_every_key_takes_a_flag(name):
 
 def test_bfloat16_compute_trains_like_float32_with_float32_state(tiny_data_dir):
   config = tiny_config(tiny_data_dir, label_smoothing=0.0, weight_decay=0.0)
-  batch = next(input_pipeline.create_train_iterator(config, local_batch_size=8))
+  batch = _first_batch(config)
   losses = {}
   for dtype in ('float32', 'bfloat16'):
     config.model.dtype = dtype
@@ -256,7 +261,7 @@ def test_micro_batches_equal_one_batch_of_their_groups(tiny_data_dir):
   base = dict(batch_size=32, label_smoothing=0.1, **{'model.dropout_rate': 0.0,
                                                     'model.bn_group_size': 8})
   one = tiny_config(tiny_data_dir, **base)
-  batch = next(input_pipeline.create_train_iterator(one, local_batch_size=32))
+  batch = _first_batch(one, 32)
   states = []
   for k in (1, 4):
     start, step = _step_fn(tiny_config(tiny_data_dir, grad_accum_steps=k, **base))

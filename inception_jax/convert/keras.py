@@ -21,6 +21,7 @@ import re
 import zipfile
 from typing import Any, Sequence
 
+from inception_jax import extras
 from inception_jax.convert.common import Layer, Source, Tensors
 
 APPLICATIONS = {'inception_v3': 'InceptionV3', 'inception_resnet_v2': 'InceptionResNetV2'}
@@ -54,7 +55,8 @@ def _classes(file: str) -> int:
 
 
 def read(file: str, arch: str) -> Tensors:
-  import keras  # pylint: disable=g-import-not-at-top
+  with extras.required('--from=keras', 'keras'):  # Which brings h5py, for `_classes`.
+    import keras  # pylint: disable=g-import-not-at-top
 
   name = APPLICATIONS[arch]
   try:

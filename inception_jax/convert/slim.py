@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from inception_jax import extras
 from inception_jax.convert.common import (CLASSIFIERS, Layer, Source, Tensors,
                                           natural_key)
 
@@ -40,7 +41,8 @@ NOT_WEIGHTS = re.compile(
 
 def read(file: str, arch: str) -> Tensors:
   del arch
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with extras.required('--from=slim', 'tensorflow'):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   try:
     reader = tf.train.load_checkpoint(file)

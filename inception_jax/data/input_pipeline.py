@@ -12,6 +12,9 @@ stored as ArrayRecord is read by index from there (`random_access.py`).
 Nothing is downloaded here. The offline dataset is generated on first use; any
 other TFDS dataset must have been built beforehand (`tfds build`).
 
+The way into the data's TensorFlow side: the rest of the code reaches this module through
+`datasets.pipeline`, so that TensorFlow is imported only where such a dataset is chosen.
+
 Config keys read (see `DATA_KEYS`): dataset ('offline_shapes', a TFDS name or
 'image_folder'), data_dir, manual_dir, image_folder, train_split, eval_split,
 image_size, shuffle_buffer_size, seed, eval_crop_fraction, cache (in-memory cache
@@ -24,7 +27,6 @@ Batches hold uint8 images; the step scales them and applies the colour distortio
 the devices (`augment.py`).
 """
 
-import dataclasses
 import difflib
 import functools
 import math
@@ -38,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from inception_jax.data import datasets
 from inception_jax.data import offline
 from inception_jax.data import preprocessing
 from inception_jax.data import random_access
@@ -72,13 +75,6 @@ try:
   tf.config.set_visible_devices([], 'GPU')
 except RuntimeError:  # TensorFlow was initialised before this import.
   logging.warning('Could not hide GPUs from TensorFlow: already initialised.')
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  num_train_examples: int
-  num_eval_examples: int
 
 
 def _data_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
@@ -220,40 +216,17 @@ def _finish(ds: tf.data.Dataset, config) -> Iterator[Batch]:
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def with_holdout(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` with a minival carved off the end of its train split, when asked.
-
-  With `holdout_fraction` f > 0, the last f of `train_split` (at least one example) becomes
-  the split that training evaluates on, and training reads the rest: sweeps choose on
-  data they do not report on. Deterministic, and each host reads its part of both as of
-  any split. `eval_split` stays for final numbers (`experiments.evaluate`).
-  """
-  fraction = config.holdout_fraction
-  if not fraction:
-    return config
-  if not 0.0 < fraction < 1.0:
-    raise ValueError(f'holdout_fraction={fraction!r} is invalid: give a fraction in (0, 1), '
-                     'or 0 to evaluate on eval_split')
-  if '[' in config.train_split:
-    raise ValueError(f'holdout_fraction needs an unsliced train_split; got '
-                     f'{config.train_split!r}')
-  data = _data_config(config)
-  total = _split_size(_get_builder(data), data.train_split, data)
-  held = max(1, round(total * fraction))
-  out = config.copy_and_resolve_references()
-  out.train_split = f'{config.train_split}[:{total - held}]'
-  out.eval_split = f'{config.train_split}[{total - held}:]'
-  return out
-
-
-def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
-  """Number of classes and (global) sizes of the train and eval splits."""
+def split_size(config: ml_collections.ConfigDict, split: str) -> int:
+  """Examples in `split` of `config`'s dataset (`datasets.with_holdout` carves from it)."""
   config = _data_config(config)
-  if config.dataset == synthetic.NAME:
-    return DatasetInfo(synthetic.NUM_CLASSES, synthetic.NUM_TRAIN_EXAMPLES,
-                       synthetic.NUM_EVAL_EXAMPLES)
+  return _split_size(_get_builder(config), split, config)
+
+
+def get_dataset_info(config: ml_collections.ConfigDict) -> datasets.DatasetInfo:
+  """Number of classes and (global) sizes of the train and eval splits (`datasets`'s)."""
+  config = _data_config(config)
   builder = _get_builder(config)
-  return DatasetInfo(
+  return datasets.DatasetInfo(
       num_classes=builder.info.features['label'].num_classes,
       num_train_examples=_split_size(builder, config.train_split, config),
       num_eval_examples=_split_size(builder, config.eval_split, config),
@@ -365,7 +338,7 @@ def create_multicrop_eval_iterator(
   are `preprocessing.eval_views` (crops=1 is `create_eval_iterator`'s central crop).
   """
   config = _data_config(config)
-  preprocessing.check_crops(crops)  # Before any data is read.
+  datasets.check_crops(crops)  # Before any data is read.
   preprocess = functools.partial(preprocessing.eval_views, crops=crops,
                                  image_size=config.image_size,
                                  crop_fraction=config.eval_crop_fraction)

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from inception_jax.data import datasets
+
 # (offset_y, offset_x, height, width) of a crop, as int32 scalar tensors.
 Window = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
 WindowFn = Callable[[tf.Tensor], Window]
@@ -137,15 +139,9 @@ def preprocess_for_eval(
 
 # --- Multi-crop evaluation views ------------------------------------------------
 # Sizes of the protocols are given for 224 px crops (GoogLeNet, Szegedy et al. 2014
-# sec. 7); every length scales by image_size / 224.
-CROP_COUNTS = (1, 10, 12, 144)
+# sec. 7); every length scales by image_size / 224. The view counts: `datasets.CROP_COUNTS`.
 TEN_CROP_SCALE = 256
 GOOGLENET_SCALES = (256, 288, 320, 352)
-
-
-def check_crops(crops: int) -> None:
-  if crops not in CROP_COUNTS:
-    raise ValueError(f'crops={crops!r} is invalid; valid: {", ".join(map(str, CROP_COUNTS))}')
 
 
 def _scaled(length: int, image_size: int) -> int:
@@ -210,7 +206,7 @@ def eval_views(image: tf.Tensor, crops: int, image_size: int,
     and their mirrors: 4 x 3 x 6 x 2.
   Views are ordered scale, square, crop (corners, centre, whole), then all mirrors.
   """
-  check_crops(crops)
+  datasets.check_crops(crops)
   if crops == 1:
     return preprocess_for_eval(image, image_size, crop_fraction)[None]
   image = decode(image)
