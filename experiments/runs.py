@@ -86,6 +86,11 @@ class Run:
     return checkpoint_steps(self.workdir)
 
   @functools.cached_property
+  def _recorded_data(self) -> dict[str, Any]:
+    """The dataset's figures as training recorded them (`train.DATASET_FILE`); {} if none."""
+    return train.read_dataset_info(self.workdir) or {}
+
+  @functools.cached_property
   def steps_per_epoch(self) -> int:
     return schedule(self.config)[0]
 
@@ -100,15 +105,14 @@ class Run:
   @functools.cached_property
   def num_classes(self) -> int:
     """The classes of the run's dataset, as training recorded them (else read from the data)."""
-    recorded = train.read_dataset_info(self.workdir)
-    return recorded['num_classes'] if recorded else dataset_info(self.config).num_classes
+    return self._recorded_data.get('num_classes') or dataset_info(self.config).num_classes
 
-  @property
+  @functools.cached_property
   def outcome(self) -> outcomes.Outcome:
     """Trained, died or unstable (paper sec. 3.3; `experiments/outcomes.py`)."""
     return outcomes.classify(self.records, self.num_classes)
 
-  @property
+  @functools.cached_property
   def stopped(self) -> dict[str, Any] | None:
     """{'step', 'reason'} when the run ended early (`stop_if_dead_for_steps`), else None."""
     return train.read_stopped(self.workdir)
@@ -171,10 +175,10 @@ def total_steps(config: dict[str, Any]) -> int:
 def is_finished(workdir: str, config: dict[str, Any]) -> bool:
   """Whether the run in `workdir` saved the final step of `config` (training always does),
   or ended early with its network dead (`stop_if_dead_for_steps`)."""
-  stopped = train.read_stopped(workdir)
-  if stopped and stopped['step'] in checkpoint_steps(workdir):
+  saved, stopped = checkpoint_steps(workdir), train.read_stopped(workdir)
+  if stopped and stopped['step'] in saved:
     return True
-  return max(checkpoint_steps(workdir), default=0) >= total_steps(config)
+  return max(saved, default=0) >= total_steps(config)
 
 
 def find_runs(paths: Iterable[str]) -> list[Run]:

@@ -48,8 +48,7 @@ def _cost(model_json: str, num_classes: int, image_size: int) -> tuple[int, floa
 
 def model_cost(run: runs_lib.Run) -> tuple[int, float]:
   """(parameters, forward FLOPs per image) of the run's network."""
-  num_classes = runs_lib.dataset_info(run.config).num_classes
-  return _cost(json.dumps(run.config['model'], sort_keys=True), num_classes,
+  return _cost(json.dumps(run.config['model'], sort_keys=True), run.num_classes,
                run.config['image_size'])
 
 
