@@ -223,7 +223,8 @@ def compile_steps(config, mesh) -> dict[str, Any]:
                                          ops.platform_of(mesh.devices.flat))
   # train.schedule_steps' steps per epoch: the schedule's constants are in the HLO.
   per_epoch = max(1, synthetic.NUM_TRAIN_EXAMPLES // config.batch_size)
-  tx = optim.create_optimizer(config, optim.create_schedule(config, per_epoch))
+  tx = optim.create_optimizer(config, optim.create_schedule(config, per_epoch),
+                              model.kernel_set.flat_updates)
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   out = {'model': model, 'tx': tx}
   start = time.perf_counter()

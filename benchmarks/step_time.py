@@ -39,7 +39,7 @@ from inception_jax import hugepages
 # that the parent process, which only parses flags and starts workers, does not import jax
 # (tests/test_benchmarks.py).
 MODELS = ('inception_v3', 'inception_v4', 'inception_resnet_v1', 'inception_resnet_v2')
-KERNELS = ('auto', 'reference', 'xla_cpu')
+KERNELS = ('auto', 'reference', 'xla_cpu', 'xla_tpu')
 CONV_LIBRARIES = ('eigen', 'ynnpack')
 
 
@@ -98,7 +98,8 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   config.batch_size = setting.batch
   config.model.bn_group_size = 0  # The statistics of the batch: any batch size, as timm's.
   model = steps.create_model_from_config(config, args.num_classes)
-  tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch=1000))
+  tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch=1000),
+                              model.kernel_set.flat_updates)
   # XLA's RngBitGenerator compiles ~3x faster than threefry for the hundreds of initializers
   # of the full networks (unrolled IR-v2: 31 s vs 85 s here); the values do not matter.
   with jax.default_prng_impl('unsafe_rbg'):

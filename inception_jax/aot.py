@@ -109,7 +109,8 @@ def compile_steps(config: ml_collections.ConfigDict, devices: Sequence[jax.Devic
   """
   model = steps.create_model_from_config(config, num_classes, ops.platform_of(devices))
   mesh = parallel.create_mesh(devices)
-  tx = optim.create_optimizer(config, optim.create_schedule(config, 5000))
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 5000),
+                              model.kernel_set.flat_updates)
   state = jax.eval_shape(functools.partial(steps.create_train_state, model, config, tx))
   state = parallel.abstract(state, parallel.replicated(mesh))
   fns = {'train': (functools.partial(steps.train_step, model=model, config=config, tx=tx,

@@ -34,13 +34,14 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     schedule: optax.Schedule) -> optax.GradientTransformation:
-  """Clip by global norm, then TF-form RMSProp (or SGD with momentum), on flat vectors.
+def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                     flat: bool = True) -> optax.GradientTransformation:
+  """Clip by global norm, then TF-form RMSProp (or SGD with momentum).
 
   TF's RMSProp keeps epsilon inside the square root and starts the mean square
   at 1.0; `inject_hyperparams` keeps the current learning rate in the state so
-  that it can be logged.
+  that it can be logged. `flat`: on one flat vector, the kernel set's
+  `flat_updates` (the same updates; the state is laid out differently).
   """
   if config.optimizer == 'rmsprop':
     opt = optax.inject_hyperparams(optax.rmsprop)(
@@ -51,9 +52,9 @@ def create_optimizer(config: ml_collections.ConfigDict,
         learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov)
   chain = ([optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm > 0
            else []) + [opt]
-  # One flat vector instead of hundreds of leaves: XLA compiles a kernel per leaf and per
-  # elementwise op, and compile time grows with the kernel count (benchmarks/README.md (f)).
-  return optax.flatten(optax.chain(*chain))
+  # One flat vector instead of hundreds of leaves: XLA:CPU compiles a kernel per leaf and
+  # per elementwise op, and compile time grows with the kernel count (benchmarks/README.md (f)).
+  return optax.flatten(optax.chain(*chain)) if flat else optax.chain(*chain)
 
 
 def current_learning_rate(opt_state: Any) -> jax.Array:

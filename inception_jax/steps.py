@@ -129,10 +129,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Incepti
     dead = jnp.all(out.pop('dead_units'), axis=0)
     out = {**jax.tree.map(lambda v: jnp.mean(v, axis=0), out), 'dead_units': dead}
   loss, batch_stats = out['loss'], out['batch_stats']
-  # The norm of the concatenated gradient (the flat optimizer concatenates it anyway): one
-  # reduction instead of one per leaf, which XLA:CPU compiles as a kernel each (-7 s of
-  # compile unrolled).
-  grad_norm = jnp.linalg.norm(jax.flatten_util.ravel_pytree(grads)[0])
+  # With flat updates, the norm of the concatenated gradient (the optimizer concatenates it
+  # anyway): one reduction instead of one per leaf, which XLA:CPU compiles as a kernel
+  # each (-7 s of compile unrolled).
+  grad_norm = (jnp.linalg.norm(jax.flatten_util.ravel_pytree(grads)[0])
+               if model.kernel_set.flat_updates else optax.global_norm(grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

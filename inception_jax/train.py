@@ -250,7 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                       'steps_per_epoch': steps_per_epoch,
                                       'num_train_steps': num_steps})
   model = create_model_from_config(config, info.num_classes, ops.platform_of(mesh.devices.flat))
-  tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch))
+  tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch),
+                              model.kernel_set.flat_updates)
   checkpoints = checkpointing.RunCheckpoints(
       os.path.join(workdir, 'checkpoints'), every_steps=config.checkpoint_every_steps,
       max_to_keep=config.keep_checkpoints)

@@ -80,7 +80,7 @@ def test_tpu_train_step_reduces_gradients_in_float32(tiny_data_dir, optimized, g
   config = _tiny(tiny_data_dir, **{'model.bn_group_size': group})
   devices = aot.target_devices('v5e:2x2')
   model, (train,) = aot.compile_steps(config, devices, num_classes=10, names=['train'])
-  assert model.kernels == 'reference'  # auto, resolved for the TPU devices
+  assert model.kernels == 'xla_tpu'  # auto, resolved for the TPU devices
   record = aot.analyze(train, devices, config.batch_size)
   assert record['device_kind'] == 'TPU v5 lite' and record['per_device_batch'] == 8
   assert aot.reduced_dtypes(record) <= {'f32', 'u32', 's32', 'pred'}, record['collectives']

@@ -75,7 +75,7 @@ def test_scanned_and_unrolled_records_and_table():
                              'comma-separated list of: inception_v3, inception_v4'),
     ('--scan_blocks=true,maybe', "argument --scan_blocks: 'maybe' is not a boolean"),
     ('--kernels=fast', "argument --kernels: 'fast' is invalid; give a comma-separated list of: "
-                       'auto, reference, xla_cpu'),
+                       'auto, reference, xla_cpu, xla_tpu'),
     ('--image_size=299,64', '--image_size=299,64 is below the minimum of 75'),
     ('--repeats=1,1', '--repeats: repeats=(1, 1) is invalid for inception_v4'),
 ])
@@ -177,3 +177,38 @@ def test_gpu_check_bad_flags_give_one_line_errors(flag, message):
                         cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stdout == ''
   assert message in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+COMPILE_TIME = os.path.join(REPO, 'benchmarks', 'compile_time.py')
+
+
+def test_compile_time_compares_settings_with_the_unrolled_step_and_restarts_from_cache():
+  # Two blocks per stage, so that a scanned body counted once shows in the FLOPs.
+  proc = subprocess.run(
+      [sys.executable, COMPILE_TIME, '--json', '--target=cpu', '--config=configs/default.py',
+       '--settings=scanned', '--steps=eval', '--restart', '--config.model.width_multiplier=0.125',
+       '--config.model.repeats=(2,2,2)', '--config.eval_batch_size=2'],
+      env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+  unrolled, scanned = _records(proc)
+  assert [(r['setting'], r['step'], r['scan_blocks'], r['remat']) for r in (unrolled, scanned)] \
+      == [('unrolled', 'eval', False, False), ('scanned', 'eval', True, False)]
+  assert unrolled['compile_ratio'] == 1.0 and unrolled['temp_ratio'] == 1.0
+  assert scanned['compile_ratio'] == scanned['compile_s'] / unrolled['compile_s']
+  # The scanned step's own count misses all but one block of each stage: it reports the
+  # unrolled step's FLOPs instead.
+  assert scanned['gflop_counted'] < 0.9 * unrolled['gflop'] == 0.9 * scanned['gflop']
+  for r in (unrolled, scanned):
+    assert r['compile_s'] > 0 and r['restart_compile_s'] > 0 and r['temp_gb'] >= 0
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--settings=folded'], "argument --settings: 'folded' is invalid"),
+    (['--target=v5e:2x2', '--restart'], '--restart needs --target=cpu, not v5e:2x2'),
+    (['--batch=8'], 'unrecognized arguments: --batch=8'),
+])
+def test_compile_time_bad_flags_give_one_line_errors(flags, message):
+  proc = subprocess.run([sys.executable, COMPILE_TIME, '--config=configs/default.py', *flags],
+                        cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 2 and proc.stdout == ''
+  error = proc.stderr.strip().splitlines()[-1]
+  assert error.startswith('compile_time.py: error: ') and message in error, proc.stderr

@@ -13,7 +13,7 @@ NOT_WEIGHTS = 'not_a_weight_file.h5'
 
 @pytest.mark.parametrize('args, message', [
     (['main.py', '--config=configs/default.py', '--workdir={tmp}/run',
-      '--config.model.kernels=fast'], "kernels='fast' is invalid; valid: auto, reference, xla_cpu"),
+      '--config.model.kernels=fast'], "kernels='fast' is invalid; valid: auto, reference, xla_cpu, xla_tpu"),
     (['main.py', '--config=configs/default.py', '--workdir={tmp}/run',
       '--config.init_from={tmp}/missing'], "init_from='{tmp}/missing' is not a directory"),
     (['-m', 'inception_jax.convert', '--from=keras', f'--source={{tmp}}/{NOT_WEIGHTS}',

@@ -27,8 +27,8 @@ def _ids(kernels):
 
 
 def test_auto_picks_by_the_platform_the_step_is_compiled_for():
-  assert ops.AUTO == {'cpu': 'xla_cpu', 'gpu': 'reference', 'tpu': 'reference'}
-  for platform, name in [('cpu', 'xla_cpu'), ('tpu', 'reference'), ('gpu', 'reference'),
+  assert ops.AUTO == {'cpu': 'xla_cpu', 'gpu': 'reference', 'tpu': 'xla_tpu'}
+  for platform, name in [('cpu', 'xla_cpu'), ('tpu', 'xla_tpu'), ('gpu', 'reference'),
                          ('cuda', 'reference')]:
     assert ops.resolve('auto', platform) == name
     assert create_model('inception_v4', platform=platform).kernels == name

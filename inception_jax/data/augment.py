@@ -27,28 +27,30 @@ def to_signed_unit_range(images: jax.Array, dtype: jnp.dtype = jnp.float32) -> j
   return (images * 2.0 - 1.0).astype(dtype)
 
 
-def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
-  """[..., 3] RGB in [0, 1] -> HSV, hue in [0, 1)."""
-  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-  value = jnp.max(rgb, axis=-1)
-  chroma = value - jnp.min(rgb, axis=-1)
+def rgb_to_hsv(r: jax.Array, g: jax.Array, b: jax.Array) -> tuple[jax.Array, ...]:
+  """RGB channels in [0, 1] -> (hue in [0, 1), saturation, value).
+
+  Channels are separate arrays, so that nothing reduces or updates a last axis of 3:
+  XLA:TPU lays such an axis out in tiles of 128 and emits its reductions and
+  updates slowly (benchmarks/README.md, "Compile time").
+  """
+  value = jnp.maximum(jnp.maximum(r, g), b)
+  chroma = value - jnp.minimum(jnp.minimum(r, g), b)
   safe = jnp.where(chroma > 0, chroma, 1.0)
   saturation = jnp.where(value > 0, chroma / jnp.where(value > 0, value, 1.0), 0.0)
   hue = jnp.where(value == r, (g - b) / safe,
                   jnp.where(value == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
   hue = jnp.where(chroma > 0, (hue / 6.0) % 1.0, 0.0)
-  return jnp.stack([hue, saturation, value], axis=-1)
+  return hue, saturation, value
 
 
-def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
-  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+def hsv_to_rgb(h: jax.Array, s: jax.Array, v: jax.Array) -> tuple[jax.Array, ...]:
   sector = jnp.floor(h * 6.0)
   f = h * 6.0 - sector
   p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
   sector = sector.astype(jnp.int32) % 6
   choose = lambda *options: jnp.select([sector == i for i in range(5)], options[:5], options[5])
-  return jnp.stack([choose(v, q, p, p, t, v), choose(t, v, v, q, p, p),
-                    choose(p, p, t, v, v, q)], axis=-1)
+  return choose(v, q, p, p, t, v), choose(t, v, v, q, p, p), choose(p, p, t, v, v, q)
 
 
 def adjust(images: jax.Array, brightness: jax.Array, saturation: jax.Array, hue: jax.Array,
@@ -59,14 +61,15 @@ def adjust(images: jax.Array, brightness: jax.Array, saturation: jax.Array, hue:
   [0, 1] once, at the end, as TF-Slim's `distort_color`.
   """
   per_image = lambda v: v[:, None, None]
-  images = images + per_image(brightness)[..., None]
-  hsv = rgb_to_hsv(images)
-  hsv = hsv.at[..., 1].set(jnp.clip(hsv[..., 1] * per_image(saturation), 0.0, 1.0))
-  hsv = hsv.at[..., 0].set((hsv[..., 0] + per_image(hue)) % 1.0)
-  images = hsv_to_rgb(hsv)
-  mean = jnp.mean(images, axis=(1, 2), keepdims=True)
-  images = (images - mean) * per_image(contrast)[..., None] + mean
-  return jnp.clip(images, 0.0, 1.0)
+  rgb = [images[..., i] + per_image(brightness) for i in range(3)]
+  h, s, v = rgb_to_hsv(*rgb)
+  s = jnp.clip(s * per_image(saturation), 0.0, 1.0)
+  h = (h + per_image(hue)) % 1.0
+  rgb = hsv_to_rgb(h, s, v)
+  # Contrast about each image's mean of each channel, as tf.image's.
+  mean = [jnp.mean(c, axis=(1, 2), keepdims=True) for c in rgb]
+  return jnp.clip(jnp.stack([(c - m) * per_image(contrast) + m for c, m in zip(rgb, mean)],
+                            axis=-1), 0.0, 1.0)
 
 
 def distort_colour(images: jax.Array, key: jax.Array) -> jax.Array:

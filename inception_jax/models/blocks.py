@@ -278,7 +278,7 @@ class AuxHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     window = min(5, x.shape[1], x.shape[2])
-    x = nn.avg_pool(x, (window, window), (3, 3), 'VALID')
+    x = self.opts.kernels.avg_pool(x, (window, window), (3, 3), 'VALID', False)
     x = ConvBN(conv(128), self.opts, name='Conv2d_1b_1x1')(x, train)
     pad_h, pad_w = max(0, 5 - x.shape[1]), max(0, 5 - x.shape[2])
     x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),

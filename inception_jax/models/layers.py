@@ -163,8 +163,7 @@ def pool(spec: Pool, x: jax.Array, opts: LayerOptions) -> jax.Array:
   window, strides = (spec.window, spec.window), (spec.strides, spec.strides)
   if spec.kind == 'max':
     return opts.kernels.max_pool(x, window, strides, spec.padding)
-  return nn.avg_pool(x, window, strides, spec.padding,
-                     count_include_pad=opts.avg_pool_include_pad)
+  return opts.kernels.avg_pool(x, window, strides, spec.padding, opts.avg_pool_include_pad)
 
 
 class Branch(nn.Module):

@@ -255,7 +255,13 @@ class Inception(nn.Module):
       return x
     if stage.count == 0:
       return x
-    cell = nn.remat(_Cell, prevent_cse=False) if self.remat else _Cell
+    policy = self.kernel_set.scan_policy
+    if self.remat:  # Everything but the carry is recomputed.
+      cell = nn.remat(_Cell, prevent_cse=False)
+    elif policy is not None:  # What the block keeps for the backward pass: the set's choice.
+      cell = nn.remat(_Cell, prevent_cse=False, policy=policy)
+    else:
+      cell = _Cell
     scanned = nn.scan(cell, variable_axes={True: 0}, split_rngs={True: True},
                       length=stage.count)
     x, _ = scanned(stage.block, stage.fields, train, name=stage.name)(x, None)

@@ -4,7 +4,8 @@ The model code (`inception_jax.models`) is written once; every conv, BatchNorm +
 max pool, bias add, channel sum and residual-block output goes through the kernel set
 it was built with:
 - `reference` (`reference.py`): plain lax/Flax ops, autodiff gradients;
-- `xla_cpu` (`xla_cpu.py`): the forms XLA:CPU runs fastest, with their compiler options.
+- `xla_cpu` (`xla_cpu.py`): the forms XLA:CPU runs fastest, with their compiler options;
+- `xla_tpu` (`xla_tpu.py`): the reference set with the forms XLA:TPU compiles fastest.
 
 `auto` picks by the platform of the devices a step is compiled for, which is not
 always this host's (`benchmarks/aot.py` compiles for TPU slices and GPU nodes from a
@@ -19,15 +20,18 @@ import jax
 
 from inception_jax.ops.reference import Reference
 from inception_jax.ops.xla_cpu import CONV_LIBRARIES, XlaCpu
+from inception_jax.ops.xla_tpu import XlaTpu
 
-KERNEL_SETS: dict[str, type[Reference]] = {'reference': Reference, 'xla_cpu': XlaCpu}
+KERNEL_SETS: dict[str, type[Reference]] = {'reference': Reference, 'xla_cpu': XlaCpu,
+                                            'xla_tpu': XlaTpu}
 KERNELS = ('auto', *KERNEL_SETS)
 # Platform -> kernel set. On XLA:TPU the xla_cpu forms multiply a step's memory traffic by
-# 2.5-3 and its temporaries by up to 2.3; on XLA:GPU neither set wins on every count.
-AUTO = {'cpu': 'xla_cpu', 'gpu': 'reference', 'tpu': 'reference'}
+# 2.5-3 and its temporaries by up to 2.3 (xla_tpu is the reference set compiled faster);
+# on XLA:GPU neither set wins on every count.
+AUTO = {'cpu': 'xla_cpu', 'gpu': 'reference', 'tpu': 'xla_tpu'}
 _PLATFORM_NAMES = {'cuda': 'gpu', 'rocm': 'gpu'}
 
-__all__ = ['AUTO', 'CONV_LIBRARIES', 'KERNELS', 'KERNEL_SETS', 'Reference', 'XlaCpu',
+__all__ = ['AUTO', 'CONV_LIBRARIES', 'KERNELS', 'KERNEL_SETS', 'Reference', 'XlaCpu', 'XlaTpu',
            'check', 'get', 'platform_name', 'platform_of', 'resolve']
 
 
@@ -63,7 +67,7 @@ def resolve(kernels: str, platform: str | None = None) -> str:
 
 
 def get(kernels: str, cpu_conv_library: str = 'eigen') -> Reference:
-  """The kernel set named `kernels` ('reference' or 'xla_cpu'; 'auto' must be resolved)."""
+  """The kernel set named `kernels` (one of `KERNEL_SETS`; 'auto' must be resolved)."""
   check(kernels, cpu_conv_library)
   if kernels == 'auto':
     raise ValueError("kernels='auto' is resolved by create_model for a platform first")

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
+BN_STATISTICS = 'bn_statistics'  # The name `scan_policy` keeps them by.
 Pads = tuple[tuple[int, int], ...]
 
 
@@ -78,6 +80,16 @@ def weight_grad_f32(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int],
                                   preferred_element_type=jnp.float32)
 
 
+def window_taps(window: Sequence[int], strides: Sequence[int],
+                out_hw: Sequence[int]) -> Iterator[tuple[int, int, tuple[slice, slice]]]:
+  """(a, b, rows and columns) for each tap of a window, row-major: the strided slice of
+  the padded NHWC input under tap (a, b) of every output's window."""
+  (sh, sw), (ho, wo) = strides, out_hw
+  for a in range(window[0]):
+    for b in range(window[1]):
+      yield a, b, (slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_f32_grad(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
                    pads: Pads) -> jax.Array:
@@ -107,8 +119,15 @@ _conv_f32_grad.defvjp(_conv_f32_grad_fwd, _conv_f32_grad_bwd)
 
 @dataclasses.dataclass(frozen=True)
 class Reference:
-  """Plain lax/Flax ops (hashable: it is a field of the Flax modules)."""
+  """Plain lax/Flax ops (hashable: it is a field of the Flax modules).
+
+  `flat_updates`: whether the optimizer updates one flat vector (`optax.flatten`) instead
+  of each parameter: XLA:CPU compiles a kernel per leaf and op, XLA:TPU spends longer
+  emitting the relayouts into and out of the flat vector (benchmarks/README.md, "Compile
+  time").
+  """
   name: ClassVar[str] = 'reference'
+  flat_updates: ClassVar[bool] = False
 
   def conv(self, x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
            padding: str | Pads) -> jax.Array:
@@ -135,6 +154,7 @@ class Reference:
     axes = tuple(range(1, xg.ndim - 1))
     mean = jnp.mean(xg, axes, keepdims=True)
     var = jnp.maximum(0.0, jnp.mean(jnp.square(xg), axes, keepdims=True) - jnp.square(mean))
+    mean, var = checkpoint_name((mean, var), BN_STATISTICS)
     y = normalize_relu(xg, mean, var, scale, bias, epsilon).astype(x.dtype)
     stats = (lax.stop_gradient(jnp.mean(s, axis=tuple(range(s.ndim - 1)))) for s in (mean, var))
     return (y.reshape(x.shape), *stats)
@@ -142,6 +162,25 @@ class Reference:
   def max_pool(self, x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
                padding: str) -> jax.Array:
     return nn.max_pool(x, window, strides, padding)
+
+  @property
+  def scan_policy(self) -> Callable[..., bool] | None:
+    """What a scanned block keeps for its backward pass (a `jax.checkpoint` policy).
+
+    Autodiff of this set's BatchNorm saves float32 copies of each activation, which a
+    scan stacks for every block: 20.4 GB of temporaries on a v5e chip against 7.2 GB
+    unrolled, where XLA fuses them away (benchmarks/README.md, "Compile time"). Kept:
+    the conv outputs and the batch statistics; the normalization is recomputed. None
+    would keep all that autodiff saves.
+    """
+    return jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_saveable,
+        jax.checkpoint_policies.save_only_these_names(BN_STATISTICS))
+
+  def avg_pool(self, x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+               padding: str, count_include_pad: bool) -> jax.Array:
+    """An average pool; without `count_include_pad` the zero padding is not counted (TF)."""
+    return nn.avg_pool(x, window, strides, padding, count_include_pad=count_include_pad)
 
   def add_bias(self, y: jax.Array, bias: jax.Array) -> jax.Array:
     """`y + bias` over channels; the float32 bias's gradient is summed in float32."""

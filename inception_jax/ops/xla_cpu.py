@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from inception_jax.ops.reference import (NHWC, Pads, Reference, as_groups, normalize_relu,
-                                         num_groups, padded_windows, padding_pairs)
+                                         num_groups, padded_windows, padding_pairs,
+                                         window_taps)
 
 CONV_LIBRARIES = ('eigen', 'ynnpack')
 
@@ -31,6 +32,10 @@ class XlaCpu(Reference):
   network trains and infers faster with it, scanned or not.
   """
   name: ClassVar[str] = 'xla_cpu'
+  flat_updates: ClassVar[bool] = True
+  # Its own gradients keep only what they use (bf16 inputs, f32 statistics): a scan
+  # stacks those as they are.
+  scan_policy: ClassVar[None] = None
   conv_library: str = 'eigen'
 
   def conv(self, x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
@@ -299,16 +304,6 @@ _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 # --- Max pool: the gradient to the first maximum, by tap index. ---------------------
 
-def _taps(window: Sequence[int], strides: Sequence[int],
-          out_hw: Sequence[int]) -> Iterator[tuple[int, int, tuple[slice, slice]]]:
-  """(a, b, rows and columns) for each tap of a window, row-major: the strided slice of
-  the padded NHWC input under tap (a, b) of every output's window."""
-  (sh, sw), (ho, wo) = strides, out_hw
-  for a in range(window[0]):
-    for b in range(window[1]):
-      yield a, b, (slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
               pads: Pads) -> jax.Array:
@@ -329,7 +324,7 @@ def _max_pool_fwd(x, window, strides, pads):
   padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
   out_hw = tuple((p - k) // s + 1 for p, k, s in zip(padded.shape[1:3], window, strides))
   best = first = None
-  for t, (_, _, (rows, cols)) in enumerate(_taps(window, strides, out_hw)):
+  for t, (_, _, (rows, cols)) in enumerate(window_taps(window, strides, out_hw)):
     tap = padded[:, rows, cols]
     if best is None:
       best, first = tap, jnp.zeros(tap.shape, jnp.int8)
@@ -345,7 +340,7 @@ def _max_pool_bwd(window, strides, pads, residuals, dy):
   first, padded_hw = residuals
   (hp, wp), (sh, sw), (ho, wo) = padded_hw.shape[1:], strides, dy.shape[1:3]
   dx = jnp.zeros((dy.shape[0], hp, wp, dy.shape[3]), dy.dtype)
-  for t, (a, b, _) in enumerate(_taps(window, strides, (ho, wo))):
+  for t, (a, b, _) in enumerate(window_taps(window, strides, (ho, wo))):
     # Back to the input grid: interior padding spreads the outputs `stride` apart.
     dx += lax.pad(jnp.where(first == t, dy, 0), jnp.zeros((), dy.dtype),
                   ((0, 0, 0), (a, hp - a - sh * (ho - 1) - 1, sh - 1),

@@ -1,0 +1,122 @@
+"""Compile time of a config's steps with its repeated blocks unrolled, scanned, rematerialized.
+
+    pip install -r requirements-tpu.txt    # libtpu; requirements-cuda.txt for h100 targets
+    python benchmarks/compile_time.py --target=v5e:2x2 --config=configs/inception_resnet_v2_imagenet.py
+    python benchmarks/compile_time.py --target=cpu --config=configs/inception_resnet_v2_imagenet.py \
+        --settings=unrolled,scanned --restart --config.batch_size=8 --config.eval_batch_size=8
+
+Each setting is compiled by `benchmarks/aot.py` in a process of its own (no cache shared
+between them), one after the other, so that the `unrolled` baseline (no scan, no remat:
+every block its own code) is measured in the same run as the others; each row gives its
+compile seconds and temporaries against that baseline. XLA's cost analysis counts a
+loop's body once, so the FLOPs and bytes of a scanned step are undercounted: FLOP/byte is
+the unrolled step's. `--restart` compiles each setting again in a new process that reads
+the persistent compilation cache the first one wrote: a restarted run's compile. Only a
+target this process can run reads a cache back (`cpu`, or the accelerator's own host): a
+deviceless TPU or GPU compile writes entries but PjRt loads them only with the devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from benchmarks import common  # pylint: disable=wrong-import-position
+
+# name -> (model.scan_blocks, model.remat).
+SETTINGS = {'unrolled': (False, False), 'scanned': (True, False),
+            'scanned_remat': (True, True), 'unrolled_remat': (False, True)}
+COLUMNS = (
+    ('target', 'target', '{}'), ('setting', 'setting', '{}'), ('step', 'step', '{}'),
+    ('batch/dev', 'per_device_batch', '{:g}'), ('lower s', 'lower_s', '{:.1f}'),
+    ('compile s', 'compile_s', '{:.1f}'), ('x unrolled', 'compile_ratio', '{:.2f}'),
+    ('restart compile s', 'restart_compile_s', '{:.1f}'), ('temp GB', 'temp_gb', '{:.2f}'),
+    ('temp x unrolled', 'temp_ratio', '{:.2f}'), ('total GB', 'hbm_gb', '{:.2f}'),
+    ('fusions', 'fusions', '{:,}'), ('FLOP/byte (unrolled)', 'flop_per_byte', '{:.1f}'),
+)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  parser.add_argument('--target', type=common.list_of(str), default=['v5e:2x2'],
+                      help="targets as for aot.py, e.g. v5e:2x2,h100:1x1x8,cpu")
+  parser.add_argument('--config', required=True, help='training config file')
+  parser.add_argument('--settings', type=common.list_of(str, tuple(SETTINGS)),
+                      default=['unrolled', 'scanned', 'scanned_remat'],
+                      help=f'any of {", ".join(SETTINGS)}; unrolled is always measured')
+  parser.add_argument('--steps', type=common.list_of(str, ('train', 'eval')),
+                      default=['train', 'eval'])
+  parser.add_argument('--restart', action='store_true',
+                      help='compile each setting again in a new process from the cache')
+  parser.add_argument('--json', action='store_true', help='JSON lines instead of the table')
+  parser.add_argument('--out', default='', help='also append the JSON lines to this file')
+  args, overrides = parser.parse_known_args(argv)
+  bad = [o for o in overrides if not o.startswith('--config.')]
+  if bad:
+    parser.error(f'unrecognized arguments: {" ".join(bad)} (only --config.<key>=<value> '
+                 'overrides are passed on)')
+  if args.restart and args.target != ['cpu']:
+    parser.error(f'--restart needs --target=cpu, not {",".join(args.target)}: a deviceless '
+                 'compile writes cache entries that PjRt loads only with the devices')
+  if 'unrolled' not in args.settings:
+    args.settings.insert(0, 'unrolled')
+  return args, overrides
+
+
+def compile_setting(args, overrides: list[str], target: str, setting: str,
+                    cache_dir: str) -> list[dict]:
+  """aot.py's JSON records for one target and setting, compiled in a fresh process."""
+  scan, remat = SETTINGS[setting]
+  command = [sys.executable, os.path.join(REPO, 'benchmarks', 'aot.py'), '--json',
+             f'--target={target}', f'--config={args.config}', f'--steps={",".join(args.steps)}',
+             f'--compilation_cache_dir={cache_dir}', *overrides,
+             f'--config.model.scan_blocks={scan}', f'--config.model.remat={remat}']
+  done = subprocess.run(command, capture_output=True, text=True, check=False)
+  if done.returncode:
+    tail = (done.stderr.strip().splitlines() or ['(no output)'])[-1]
+    raise SystemExit(f'error: {setting} on {target}: {tail}')
+  records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
+  return [dict(r, setting=setting) for r in records]
+
+
+def against_baseline(records: list[dict]) -> None:
+  """Adds each record's ratios to the unrolled record of its target and step."""
+  base = {(r['target'], r['step']): r for r in records if r['setting'] == 'unrolled'}
+  for r in records:
+    b = base[(r['target'], r['step'])]
+    r['compile_ratio'] = r['compile_s'] / b['compile_s']
+    r['temp_ratio'] = r['temp_gb'] / b['temp_gb'] if b['temp_gb'] else float('nan')
+    if r['setting'] != 'unrolled':  # A loop's body is counted once: the unrolled step's.
+      r['gflop_counted'] = r['gflop']
+      r['gflop'], r['flop_per_byte'] = b['gflop'], b['flop_per_byte']
+
+
+def main(argv: list[str]) -> None:
+  args, overrides = parse_args(argv)
+  records = []
+  for target in args.target:
+    for setting in args.settings:
+      with tempfile.TemporaryDirectory(prefix='compile_cache_') as cache_dir:
+        first = compile_setting(args, overrides, target, setting, cache_dir)
+        if args.restart:
+          again = compile_setting(args, overrides, target, setting, cache_dir)
+          for r, r2 in zip(first, again):
+            r['restart_compile_s'] = r2['compile_s']
+      records += first
+      print(f'{target} {setting}: ' + ', '.join(f'{r["step"]} {r["compile_s"]:.0f} s'
+                                                 for r in first), file=sys.stderr, flush=True)
+  against_baseline(records)
+  common.emit(records, args.json, lambda rs: common.markdown(common.table_rows(rs, COLUMNS)),
+              args.out)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
