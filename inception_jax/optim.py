@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -55,6 +56,21 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
   # One flat vector instead of hundreds of leaves: XLA:CPU compiles a kernel per leaf and
   # per elementwise op, and compile time grows with the kernel count (benchmarks/README.md (f)).
   return optax.flatten(optax.chain(*chain)) if flat else optax.chain(*chain)
+
+
+def relayout_opt_state(opt_state: Any, params: Any, flat: bool) -> Any:
+  """The state of `create_optimizer(..., flat=not flat)` as that of `flat`: the same values.
+
+  `optax.flatten` concatenates the leaves in `jax.tree.flatten` order, as `ravel_pytree`
+  does: each parameter-shaped tree of the state becomes one vector, or back.
+  """
+  vector, unravel = jax.flatten_util.ravel_pytree(params)
+  structure = jax.tree.structure(params)
+  if flat:
+    like_params = lambda x: jax.tree.structure(x) == structure
+    return jax.tree.map(lambda x: jax.flatten_util.ravel_pytree(x)[0] if like_params(x) else x,
+                        opt_state, is_leaf=like_params)
+  return jax.tree.map(lambda x: unravel(x) if jnp.shape(x) == vector.shape else x, opt_state)
 
 
 def current_learning_rate(opt_state: Any) -> jax.Array:

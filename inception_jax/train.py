@@ -161,12 +161,34 @@ def restore_or_initialize(config, workdir, model, tx, mesh,
                  out_shardings=parallel.replicated(mesh))
   state = init()
   if checkpoints.latest_step() is not None:
-    state = checkpoints.restore_newest_readable(state)
+    state = _restore_any_layout(checkpoints, state, model.kernel_set.flat_updates)
     logging.info('Resuming from %s step %d', checkpoints.directory, int(state.step))
     return state
   if config.init_from:
     state = _load_init_from(state, config.init_from, mesh)
   return state
+
+
+def _restore_any_layout(checkpoints: checkpointing.RunCheckpoints, template: TrainState,
+                        flat: bool) -> TrainState:
+  """The newest readable checkpoint, whichever optimizer layout wrote it.
+
+  `model.kernels` may change on resume, and with it `flat_updates` (the optimizer state
+  as flat vectors or as trees): a state of the other layout is restored and converted.
+  """
+  try:
+    return checkpoints.restore_newest_readable(template)
+  except checkpointing.CheckpointError as error:
+    other = template.replace(
+        opt_state=optim.relayout_opt_state(template.opt_state, template.params, not flat))
+    try:
+      state = checkpoints.restore_newest_readable(other)
+    except checkpointing.CheckpointError:
+      raise error from None
+  return state.replace(opt_state=jax.jit(
+      functools.partial(optim.relayout_opt_state, flat=flat),
+      out_shardings=jax.tree.map(lambda x: x.sharding, template.opt_state))(
+          state.opt_state, state.params))
 
 
 def _load_init_from(state: TrainState, directory: str, mesh) -> TrainState:

@@ -196,7 +196,7 @@ def test_compile_time_compares_settings_with_the_unrolled_step_and_restarts_from
   assert scanned['compile_ratio'] == scanned['compile_s'] / unrolled['compile_s']
   # The scanned step's own count misses all but one block of each stage: it reports the
   # unrolled step's FLOPs instead.
-  assert scanned['gflop_counted'] < 0.9 * unrolled['gflop'] == 0.9 * scanned['gflop']
+  assert scanned['gflop_counted'] < unrolled['gflop'] and scanned['gflop'] == unrolled['gflop']
   for r in (unrolled, scanned):
     assert r['compile_s'] > 0 and r['restart_compile_s'] > 0 and r['temp_gb'] >= 0
 

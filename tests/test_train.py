@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import default
 from experiments import runs
 from inception_jax import checkpointing, optim, steps, train, validation
 from inception_jax.data import augment, datasets
@@ -124,6 +125,35 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_data_dir, options):
   _assert_trees_equal(_params(resumed), _params(straight))
   _assert_trees_equal(jax.device_get(resumed.ema_params), jax.device_get(straight.ema_params))
   _assert_trees_equal(jax.device_get(resumed.batch_stats), jax.device_get(straight.batch_stats))
+
+
+def test_resume_under_a_kernel_set_with_the_other_optimizer_layout(tmp_path, tiny_data_dir):
+  # xla_cpu keeps the optimizer state as flat vectors, xla_tpu as trees.
+  workdir = str(tmp_path)
+  kernels = lambda name, steps: tiny_config(tiny_data_dir, num_train_steps=steps,
+                                            **{'model.kernels': name})
+  assert int(train.train_and_evaluate(kernels('xla_cpu', 2), workdir).step) == 2
+  assert int(train.train_and_evaluate(kernels('xla_tpu', 4), workdir).step) == 4
+  state = train.train_and_evaluate(kernels('xla_cpu', 6), workdir)
+  assert int(state.step) == 6 and int(state.skipped_steps) == 0
+
+
+def test_optimizer_state_relayout_keeps_its_values():
+  config = default.get_config()
+  params = {'a': {'kernel': jnp.arange(6.0).reshape(2, 3)}, 'b': jnp.ones(4)}
+  grads = jax.tree.map(lambda p: jnp.sin(p) + 0.5, params)
+  states = {}
+  for flat in (True, False):
+    tx = optim.create_optimizer(config, lambda step: 0.045, flat)
+    state = tx.init(params)
+    for _ in range(2):
+      _, state = tx.update(grads, state, params)
+    states[flat] = state
+  assert jax.tree.structure(states[True]) != jax.tree.structure(states[False])
+  for flat in (True, False):
+    moved = optim.relayout_opt_state(states[not flat], params, flat)
+    assert jax.tree.structure(moved) == jax.tree.structure(states[flat])
+    jax.tree.map(np.testing.assert_array_equal, moved, states[flat])
 
 
 def test_run_directory_holds_config_metrics_and_checkpoints(tmp_path, tiny_data_dir):

@@ -60,7 +60,7 @@ def create_model(name: str, *, num_classes: int = 1000, platform: str | None = N
       `width_multiplier`, `repeats` (A, B, C block counts), `bn_scale`, `bn_momentum`,
       `bn_epsilon`, `bn_group_size` (images per BatchNorm statistics group, 0: the whole
       batch), `aux_logits`, `dropout_rate`, `dtype`, `scan_blocks`, `remat`,
-      `kernels` ('auto', 'reference' or 'xla_cpu'), `cpu_conv_library` ('eigen' or
+      `kernels` ('auto', 'reference', 'xla_cpu' or 'xla_tpu'), `cpu_conv_library` ('eigen' or
       'ynnpack', for 'xla_cpu'), `stem_stride` (1 or 2), `stem_pool` (the
       lower-resolution study of the v3 paper sec. 9) and `avg_pool_include_pad`
       (torchvision's average pools, which count the padding).

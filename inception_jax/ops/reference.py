@@ -122,12 +122,10 @@ class Reference:
   """Plain lax/Flax ops (hashable: it is a field of the Flax modules).
 
   `flat_updates`: whether the optimizer updates one flat vector (`optax.flatten`) instead
-  of each parameter: XLA:CPU compiles a kernel per leaf and op, XLA:TPU spends longer
-  emitting the relayouts into and out of the flat vector (benchmarks/README.md, "Compile
-  time").
+  of each parameter: hundreds fewer kernels for XLA:CPU and XLA:GPU to compile.
   """
   name: ClassVar[str] = 'reference'
-  flat_updates: ClassVar[bool] = False
+  flat_updates: ClassVar[bool] = True
 
   def conv(self, x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
            padding: str | Pads) -> jax.Array:

@@ -32,7 +32,6 @@ class XlaCpu(Reference):
   network trains and infers faster with it, scanned or not.
   """
   name: ClassVar[str] = 'xla_cpu'
-  flat_updates: ClassVar[bool] = True
   # Its own gradients keep only what they use (bf16 inputs, f32 statistics): a scan
   # stacks those as they are.
   scan_policy: ClassVar[None] = None
