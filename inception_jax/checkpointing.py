@@ -115,44 +115,56 @@ class RunCheckpoints:
     """Restores `step` (default: the newest complete one) into the structure of `template`."""
     return self._restore(step, ocp.args.StandardRestore(_abstract(template)))
 
-  def restore_newest_readable(self, template: Any) -> Any:
-    """The newest checkpoint that restores; an unreadable newer one is moved aside.
+  def restore_newest_readable(self, *templates: Any) -> tuple[Any, int]:
+    """The newest checkpoint that restores, and the index of the template it restored into.
 
-    A directory that does not restore (cut short by a disk, a foreign copy) is renamed
-    to `<step>.unreadable`, kept for the user to look at, with a warning naming it, so
-    that the run continues from the newest good checkpoint and later saves are not
-    shadowed by the bad step. With no readable checkpoint nothing is moved and the
-    newest one's error is raised.
+    Each step is tried with `templates` in turn (e.g. one train state per optimizer
+    layout). A directory that restores into none of them (cut short by a disk, a foreign
+    copy) is renamed to `<step>.unreadable`, kept for the user to look at, with a warning
+    naming it, so that the run continues from the newest good checkpoint and later saves
+    are not shadowed by the bad step. With no readable checkpoint nothing is moved and
+    the newest one's error (under the first template) is raised.
     """
-    moved, first_error = [], None
+    moved, first_error, found = [], None, None
     with _quiet_aborted_restores():
       for step in sorted(self.all_steps(), reverse=True):
-        try:
-          state = self.restore(template, step)
+        found, errors = self._restore_any(templates, step)
+        if found is not None:
           break
-        except CheckpointError as e:
-          # Its message only: the exception keeps the failed restore's coroutines alive.
-          first_error = first_error or str(e)
-          path = os.path.join(self.directory, str(step))
-          os.rename(path, path + '.unreadable')  # Out of orbax's sight: it reads every step.
-          # A fresh manager: one that tried the foreign directory keeps its guess of the items.
-          self._manager.close()
-          self._manager = self._open()
-          moved.append((path, _root_cause(e)))
-      else:
-        state = None
+        first_error = first_error or errors[0][0]
+        path = os.path.join(self.directory, str(step))
+        os.rename(path, path + '.unreadable')  # Out of orbax's sight: it reads every step.
+        self._reopen()
+        moved.append((path, errors[0][1]))
       if moved:  # Those coroutines report when collected: now, while that is quiet.
         gc.collect()
-    if state is None:
+    if found is None:
       for path, _ in moved:
         os.rename(path + '.unreadable', path)
-      self._manager.close()
-      self._manager = self._open()
+      self._reopen()
       raise CheckpointError(first_error)
     for path, reason in moved:
       logging.warning('Checkpoint %s is unreadable (%s); moved to %s.unreadable, resuming '
                       'from step %d.', path, reason, path, step)
-    return state
+    return found
+
+  def _restore_any(self, templates: tuple[Any, ...], step: int
+                   ) -> tuple[tuple[Any, int] | None, list[tuple[str, str]]]:
+    """(state, index) of the first template `step` restores into, else each one's
+    (message, root cause): text only, as the exception keeps the failed restore's
+    coroutines alive."""
+    errors = []
+    for index, template in enumerate(templates):
+      try:
+        return (self.restore(template, step), index), errors
+      except CheckpointError as e:
+        errors.append((str(e), _root_cause(e)))
+        self._reopen()  # A manager that tried a foreign directory keeps its guess of the items.
+    return None, errors
+
+  def _reopen(self) -> None:
+    self._manager.close()
+    self._manager = self._open()
 
   def restore_subset(self, template: Any, step: int | None = None) -> Any:
     """Restores only the top-level entries of `template` that it names.

@@ -36,7 +36,7 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
 
 
 def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
-                     flat: bool = True) -> optax.GradientTransformation:
+                     flat: bool) -> optax.GradientTransformation:
   """Clip by global norm, then TF-form RMSProp (or SGD with momentum).
 
   TF's RMSProp keeps epsilon inside the square root and starts the mean square

@@ -176,15 +176,11 @@ def _restore_any_layout(checkpoints: checkpointing.RunCheckpoints, template: Tra
   `model.kernels` may change on resume, and with it `flat_updates` (the optimizer state
   as flat vectors or as trees): a state of the other layout is restored and converted.
   """
-  try:
-    return checkpoints.restore_newest_readable(template)
-  except checkpointing.CheckpointError as error:
-    other = template.replace(
-        opt_state=optim.relayout_opt_state(template.opt_state, template.params, not flat))
-    try:
-      state = checkpoints.restore_newest_readable(other)
-    except checkpointing.CheckpointError:
-      raise error from None
+  other = template.replace(
+      opt_state=optim.relayout_opt_state(template.opt_state, template.params, not flat))
+  state, index = checkpoints.restore_newest_readable(template, other)
+  if index == 0:
+    return state
   return state.replace(opt_state=jax.jit(
       functools.partial(optim.relayout_opt_state, flat=flat),
       out_shardings=jax.tree.map(lambda x: x.sharding, template.opt_state))(

@@ -54,7 +54,7 @@ from tests.test_checkpoint_damage import train_state
 
 def main(argv):
   checkpoints = checkpointing.RunCheckpoints(argv[1], every_steps=2)
-  state = checkpoints.restore_newest_readable(train_state(0))
+  state, _ = checkpoints.restore_newest_readable(train_state(0))
   step = int(state['step'])
   exact = all(map(np.array_equal, jax.tree.leaves(state), jax.tree.leaves(train_state(step))))
   print(f'restored step {step}, exact: {exact}')

@@ -77,7 +77,8 @@ def test_bad_crop_count_is_refused():
 def write_run(workdir: str, config) -> steps.TrainState:
   """A run directory holding an initialised state (EMA set apart from the params)."""
   model = steps.create_model_from_config(config, NUM_CLASSES)
-  tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 1),
+                              model.kernel_set.flat_updates)
   state = jax.jit(functools.partial(steps.create_train_state, model, config, tx))()
   state = state.replace(step=jnp.asarray(3, jnp.int32),
                         ema_params=jax.tree.map(lambda p: 0.5 * p, state.params))

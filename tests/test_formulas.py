@@ -64,7 +64,8 @@ def test_the_first_train_step_moves_the_ema_nine_tenths_of_the_way(tiny_data_dir
   config = tiny_config(tiny_data_dir)
   info = input_pipeline.get_dataset_info(config)
   model = steps.create_model_from_config(config, info.num_classes)
-  tx = optim.create_optimizer(config, optim.create_schedule(config, 25))
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 25),
+                              model.kernel_set.flat_updates)
   state = jax.jit(lambda: steps.create_train_state(model, config, tx))()
   step = jax.jit(functools.partial(steps.train_step, model=model, config=config, tx=tx))
   batch = next(input_pipeline.create_train_iterator(config, local_batch_size=8))

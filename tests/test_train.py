@@ -35,7 +35,8 @@ def _first_batch(config, batch_size: int = 8):
 def _step_fn(config):
   info = datasets.get_dataset_info(config)
   model = steps.create_model_from_config(config, info.num_classes)
-  tx = optim.create_optimizer(config, optim.create_schedule(config, 25))
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 25),
+                              model.kernel_set.flat_updates)
   state = jax.jit(lambda: steps.create_train_state(model, config, tx))()
   step = jax.jit(functools.partial(steps.train_step, model=model, config=config, tx=tx))
   return state, step
@@ -216,7 +217,7 @@ def test_batch_not_divisible_by_devices(tmp_path, tiny_data_dir):
 def test_rmsprop_is_tensorflows(tiny_data_dir):
   # TF1 RMSPropOptimizer: ms starts at 1; ms = d*ms + (1-d)*g^2; mom = m*mom + lr*g/sqrt(ms+eps).
   config = tiny_config(tiny_data_dir, grad_clip_norm=0.0)
-  tx = optim.create_optimizer(config, lambda step: 0.045)
+  tx = optim.create_optimizer(config, lambda step: 0.045, flat=True)
   w = jnp.array([1.0, -2.0, 3.0])
   state = tx.init(w)
   ms, mom, ref = np.ones(3), np.zeros(3), np.asarray(w)
