@@ -14,6 +14,8 @@ the unrolled step's. `--restart` compiles each setting again in a new process th
 the persistent compilation cache the first one wrote: a restarted run's compile. Only a
 target this process can run reads a cache back (`cpu`, or the accelerator's own host): a
 deviceless TPU or GPU compile writes entries but PjRt loads them only with the devices.
+`scanned_low_effort` is the scanned step compiled with JAX_EXEC_TIME_OPTIMIZATION_EFFORT=-1:
+what a lowered effort saves, and in `on-chip values` what the program gives up for it.
 """
 
 from __future__ import annotations
@@ -31,16 +33,20 @@ if REPO not in sys.path:
 
 from benchmarks import common  # pylint: disable=wrong-import-position
 
-# name -> (model.scan_blocks, model.remat).
-SETTINGS = {'unrolled': (False, False), 'scanned': (True, False),
-            'scanned_remat': (True, True), 'unrolled_remat': (False, True)}
+# name -> (model.scan_blocks, model.remat, JAX_EXEC_TIME_OPTIMIZATION_EFFORT or None).
+# A lowered effort compiles faster but is another program (no on-chip prefetches on TPU):
+# benchmarks/README.md, 'Compile time'.
+SETTINGS = {'unrolled': (False, False, None), 'scanned': (True, False, None),
+            'scanned_remat': (True, True, None), 'unrolled_remat': (False, True, None),
+            'scanned_low_effort': (True, False, -1.0)}
 COLUMNS = (
     ('target', 'target', '{}'), ('setting', 'setting', '{}'), ('step', 'step', '{}'),
     ('batch/dev', 'per_device_batch', '{:g}'), ('lower s', 'lower_s', '{:.1f}'),
     ('compile s', 'compile_s', '{:.1f}'), ('x unrolled', 'compile_ratio', '{:.2f}'),
     ('restart compile s', 'restart_compile_s', '{:.1f}'), ('temp GB', 'temp_gb', '{:.2f}'),
     ('temp x unrolled', 'temp_ratio', '{:.2f}'), ('total GB', 'hbm_gb', '{:.2f}'),
-    ('fusions', 'fusions', '{:,}'), ('FLOP/byte (unrolled)', 'flop_per_byte', '{:.1f}'),
+    ('fusions', 'fusions', '{:,}'), ('on-chip values', 'on_chip_values', '{:,}'),
+    ('FLOP/byte (unrolled)', 'flop_per_byte', '{:.1f}'),
 )
 
 
@@ -74,12 +80,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def compile_setting(args, overrides: list[str], target: str, setting: str,
                     cache_dir: str) -> list[dict]:
   """aot.py's JSON records for one target and setting, compiled in a fresh process."""
-  scan, remat = SETTINGS[setting]
+  scan, remat, effort = SETTINGS[setting]
+  env = dict(os.environ)
+  if effort is not None:
+    env['JAX_EXEC_TIME_OPTIMIZATION_EFFORT'] = str(effort)
   command = [sys.executable, os.path.join(REPO, 'benchmarks', 'aot.py'), '--json',
              f'--target={target}', f'--config={args.config}', f'--steps={",".join(args.steps)}',
              f'--compilation_cache_dir={cache_dir}', *overrides,
              f'--config.model.scan_blocks={scan}', f'--config.model.remat={remat}']
-  done = subprocess.run(command, capture_output=True, text=True, check=False)
+  done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
   if done.returncode:
     tail = (done.stderr.strip().splitlines() or ['(no output)'])[-1]
     raise SystemExit(f'error: {setting} on {target}: {tail}')

@@ -192,6 +192,11 @@ def analyze(step: Compiled, devices: Sequence[jax.Device], batch_size: int) -> d
       'collectives': collectives(hlo),
       'fusions': len(re.findall(r'^\s*\S+ = \S+ fusion\(', hlo, re.M)),
       'custom_calls': len(re.findall(r' custom-call\(', hlo)),
+      # Values that memory-space assignment placed in on-chip memory (layout `S(1)`),
+      # prefetches included: none when the compile effort is lowered (benchmarks/README.md).
+      'on_chip_values': len(re.findall(r'^\s*(?:ROOT )?\S+ = \S*S\(1\)', hlo, re.M)),
+      'exec_time_optimization_effort': jax.config.jax_exec_time_optimization_effort,
+      'optimization_level': str(jax.config.jax_optimization_level),
   }
   record['hbm_gb'] = (record['argument_gb'] + record['output_gb'] - record['alias_gb'] +
                       record['temp_gb'])

@@ -247,13 +247,10 @@ def evaluate(state: TrainState, p_eval_step: Any, config, mesh,
   return scalars
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: Sequence[jax.Device] | None = None) -> TrainState:
-  """Trains (resuming from `workdir` if it holds a run) and evaluates; returns the state.
-
-  `devices` defaults to every device of every process.
-  """
-  # Every check that can fail on the config or the data runs before the workdir is written.
+def _prepare(config: ml_collections.ConfigDict, workdir: str,
+             devices: Sequence[jax.Device] | None) -> tuple[Any, Any, Any, tuple[int, int]]:
+  """(data config, mesh, dataset info, `schedule_steps`), after every check that can fail on the config or
+  the data and before the workdir is written; then the config and `dataset.json` go there."""
   validation.validate(config)
   data = datasets.with_holdout(config)  # Training's splits: minival, when asked.
   mesh = parallel.create_mesh(devices)
@@ -267,6 +264,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   _write_json(workdir, DATASET_FILE, {**dataclasses.asdict(info),
                                       'steps_per_epoch': steps_per_epoch,
                                       'num_train_steps': num_steps})
+  return data, mesh, info, (steps_per_epoch, num_steps)
+
+
+def _compile_steps(config: ml_collections.ConfigDict, model, tx, mesh,
+                   state: TrainState) -> tuple[Any, Any, Any]:
+  """(the lowered train step, the compiled train step, the compiled eval step)."""
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  state_struct = parallel.abstract(state, replicated)
+  lowered, p_train_step = parallel.compile_and_sync(
+      jax.jit(functools.partial(train_step, model=model, config=config, tx=tx,
+                                shards=mesh.devices.size),
+              in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+              donate_argnums=(0,), compiler_options=model.compiler_options),
+      'train_step', state_struct, parallel.abstract(batch_spec(config, config.batch_size),
+                                                    sharded))
+  _, p_eval_step = parallel.compile_and_sync(
+      jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, sharded),
+              compiler_options=model.compiler_options),
+      'eval_step', state_struct, parallel.abstract(batch_spec(config, config.eval_batch_size),
+                                                   sharded))
+  return lowered, p_train_step, p_eval_step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: Sequence[jax.Device] | None = None) -> TrainState:
+  """Trains (resuming from `workdir` if it holds a run) and evaluates; returns the state.
+
+  `devices` defaults to every device of every process.
+  """
+  data, mesh, info, (steps_per_epoch, num_steps) = _prepare(config, workdir, devices)
   model = create_model_from_config(config, info.num_classes, ops.platform_of(mesh.devices.flat))
   tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch),
                               model.kernel_set.flat_updates)
@@ -288,20 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if start == 0 and jax.process_index() == 0:
     writer.write_hparams({k: v for k, v in flax.traverse_util.flatten_dict(
         config.to_dict(), sep='.').items() if isinstance(v, (int, float, str, bool))})
-  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  state_struct = parallel.abstract(state, replicated)
-  lowered, p_train_step = parallel.compile_and_sync(
-      jax.jit(functools.partial(train_step, model=model, config=config, tx=tx,
-                                shards=mesh.devices.size),
-              in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-              donate_argnums=(0,), compiler_options=model.compiler_options),
-      'train_step', state_struct, parallel.abstract(batch_spec(config, config.batch_size),
-                                                    sharded))
-  _, p_eval_step = parallel.compile_and_sync(
-      jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, sharded),
-              compiler_options=model.compiler_options),
-      'eval_step', state_struct, parallel.abstract(batch_spec(config, config.eval_batch_size),
-                                                   sharded))
+  lowered, p_train_step, p_eval_step = _compile_steps(config, model, tx, mesh, state)
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=config.log_every_steps)
   speed = monitor.StepMonitor(_model_flops(lowered, model, config, tx, mesh),

@@ -90,3 +90,23 @@ def test_tpu_train_step_reduces_gradients_in_float32(tiny_data_dir, optimized, g
   count = aot.collective_count(record)
   assert (count <= 2) if group else (20 <= count <= 60), record['collectives']
   assert record['temp_gb'] < 0.05
+
+
+@needs_libtpu
+@pytest.mark.perf
+def test_a_lowered_compile_effort_places_nothing_in_on_chip_memory(tiny_data_dir, optimized):
+  """Why `JAX_EXEC_TIME_OPTIMIZATION_EFFORT=-1` is no setting of the configs: libtpu then
+  compiles the step without memory-space assignment's on-chip values (prefetches included)."""
+  config = _tiny(tiny_data_dir, **{'model.scan_blocks': True})
+  devices = aot.target_devices('v5e:2x2')
+  records = {}
+  for effort in (0.0, -1.0):
+    jax.config.update('jax_exec_time_optimization_effort', effort)
+    try:
+      _, (train,) = aot.compile_steps(config, devices, num_classes=10, names=['train'])
+      records[effort] = aot.analyze(train, devices, config.batch_size)
+    finally:
+      jax.config.update('jax_exec_time_optimization_effort', 0.0)
+  assert records[0.0]['exec_time_optimization_effort'] == 0.0
+  assert records[-1.0]['exec_time_optimization_effort'] == -1.0
+  assert records[0.0]['on_chip_values'] > 100 and records[-1.0]['on_chip_values'] == 0

@@ -186,12 +186,15 @@ def test_compile_time_compares_settings_with_the_unrolled_step_and_restarts_from
   # Two blocks per stage, so that a scanned body counted once shows in the FLOPs.
   proc = subprocess.run(
       [sys.executable, COMPILE_TIME, '--json', '--target=cpu', '--config=configs/default.py',
-       '--settings=scanned', '--steps=eval', '--restart', '--config.model.width_multiplier=0.125',
-       '--config.model.repeats=(2,2,2)', '--config.eval_batch_size=2'],
+       '--settings=scanned,scanned_low_effort', '--steps=eval', '--restart',
+       '--config.model.width_multiplier=0.125', '--config.model.repeats=(2,2,2)',
+       '--config.eval_batch_size=2'],
       env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
-  unrolled, scanned = _records(proc)
-  assert [(r['setting'], r['step'], r['scan_blocks'], r['remat']) for r in (unrolled, scanned)] \
-      == [('unrolled', 'eval', False, False), ('scanned', 'eval', True, False)]
+  unrolled, scanned, low_effort = _records(proc)
+  assert [(r['setting'], r['step'], r['scan_blocks'], r['remat'],
+           r['exec_time_optimization_effort']) for r in (unrolled, scanned, low_effort)] == [
+               ('unrolled', 'eval', False, False, 0.0), ('scanned', 'eval', True, False, 0.0),
+               ('scanned_low_effort', 'eval', True, False, -1.0)]
   assert unrolled['compile_ratio'] == 1.0 and unrolled['temp_ratio'] == 1.0
   assert scanned['compile_ratio'] == scanned['compile_s'] / unrolled['compile_s']
   # The scanned step's own count misses all but one block of each stage: it reports the
