@@ -109,6 +109,15 @@ class _DeathWatch:
     self.since = step if self.since is None else self.since
     return self.steps > 0 and step - self.since >= self.steps
 
+  def replay(self, records: Sequence[dict[str, float]], upto: int) -> None:
+    """Takes the train logs of `metrics.jsonl` up to a resumed run's step, so that a run
+    dead before a preemption counts its dead steps from where they began."""
+    # A step logged twice (redone after an earlier resume): its last log.
+    logs = {int(r['step']): r for r in records
+            if 'train/dead_unit_fraction' in r and r['step'] <= upto}
+    for step in sorted(logs):
+      self.update(step, logs[step])
+
 
 STOPPED_FILE = 'stopped.json'  # A run ended before its last step, and why.
 DATASET_FILE = 'dataset.json'  # Classes and split sizes, so analysis needs no dataset.
@@ -323,6 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   profiler = monitor.Profiler(config.profile_steps, workdir)
   preemption = _Preemption()
   death = _DeathWatch(config.stop_if_dead_for_steps)
+  death.replay(metrics_lib.read_metrics(workdir), start)
   train_batches = _train_batches(data, mesh, start)
   logging.info('Training %s for %d steps (%d per epoch) from step %d on %d devices '
                '(kernels: %s).', config.model.name, num_steps, steps_per_epoch, start,

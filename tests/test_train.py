@@ -345,3 +345,10 @@ def test_death_watch_needs_the_network_dead_at_every_log_for_its_steps():
   assert watch.since == 30
   never = train._DeathWatch(0)  # pylint: disable=protected-access
   assert not any(never.update(step, dead) for step in range(0, 1000, 10))
+  # Resumed at step 40 after logs up to 50 (40 and 50 redone): dead since 30, eval lines
+  # (no train statistics) ignored; step 50 of the resumed run then ends it.
+  resumed = train._DeathWatch(20)  # pylint: disable=protected-access
+  records = [{'step': s, **values} for s, values in logs] + [
+      {'step': 40, 'eval/top1_accuracy': 0.1}, {'step': 40, **alive}, {'step': 40, **dead}]
+  resumed.replay(records, upto=40)
+  assert resumed.since == 30 and resumed.update(50, dead)
