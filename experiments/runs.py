@@ -92,7 +92,8 @@ class Run:
 
   @functools.cached_property
   def steps_per_epoch(self) -> int:
-    return schedule(self.config)[0]
+    """As training recorded it (else computed from the config and the data)."""
+    return self._recorded_data.get('steps_per_epoch') or schedule(self.config)[0]
 
   @property
   def total_steps(self) -> int:
@@ -156,8 +157,9 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 
 def dataset_info(config: dict[str, Any]) -> datasets.DatasetInfo:
-  """Classes and split sizes of a run's dataset (which must be available here)."""
-  return datasets.get_dataset_info(ml_collections.ConfigDict(config))
+  """Classes and split sizes of a run's dataset as training reads it (its minival carved
+  off, `holdout_fraction`); the dataset must be available here."""
+  return datasets.get_dataset_info(datasets.with_holdout(ml_collections.ConfigDict(config)))
 
 
 def schedule(config: dict[str, Any]) -> tuple[int, int]:

@@ -80,6 +80,16 @@ def write_run(workdir, records, num_classes=10, **config):
   return runs.Run.load(workdir)
 
 
+def test_an_epoch_is_of_the_train_split_without_its_minival(tmp_path, tiny_data_dir):
+  # 200 training images, 20% held out: 160 train, 10 steps of 16 (not 12).
+  config = tiny_config(tiny_data_dir, holdout_fraction=0.2, batch_size=16).to_dict()
+  assert write_run(str(tmp_path / 'computed'), [], **config).steps_per_epoch == 10
+  recorded = write_run(str(tmp_path / 'recorded'), [], **config)
+  with open(os.path.join(recorded.workdir, train.DATASET_FILE), 'w') as f:
+    json.dump({'num_classes': 10, 'steps_per_epoch': 7}, f)  # What training wrote wins.
+  assert runs.Run.load(recorded.workdir).steps_per_epoch == 7
+
+
 # --- Seeds: arms, bands, mean ± std, paired comparisons. ---
 
 def _seeded_runs(tmp_path):
