@@ -133,7 +133,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Incepti
   # anyway): one reduction instead of one per leaf, which XLA:CPU compiles as a kernel
   # each (-7 s of compile unrolled).
   grad_norm = (jnp.linalg.norm(jax.flatten_util.ravel_pytree(grads)[0])
-               if model.kernel_set.flat_updates else optax.global_norm(grads))
+               if model.kernel_set.flat_updates else optax.tree.norm(grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -28,7 +28,7 @@ from inception_jax import checkpointing, monitor, ops, optim, parallel, validati
 from inception_jax import metrics as metrics_lib
 from inception_jax.convert import common as convert_common
 from inception_jax.data import datasets, prefetch, synthetic
-from inception_jax.models import upgrade_options
+from inception_jax.models import Inception, stack_repeats, unstack_repeats, upgrade_options
 from inception_jax.steps import (TrainState, batch_spec, create_model_from_config,
                                  create_train_state, eval_step, train_step)
 
@@ -170,7 +170,7 @@ def restore_or_initialize(config, workdir, model, tx, mesh,
                  out_shardings=parallel.replicated(mesh))
   state = init()
   if checkpoints.latest_step() is not None:
-    state = _restore_any_layout(checkpoints, state, model.kernel_set.flat_updates)
+    state = _restore_any_layout(checkpoints, state, model, mesh)
     logging.info('Resuming from %s step %d', checkpoints.directory, int(state.step))
     return state
   if config.init_from:
@@ -179,21 +179,47 @@ def restore_or_initialize(config, workdir, model, tx, mesh,
 
 
 def _restore_any_layout(checkpoints: checkpointing.RunCheckpoints, template: TrainState,
-                        flat: bool) -> TrainState:
-  """The newest readable checkpoint, whichever optimizer layout wrote it.
+                        model: Inception, mesh) -> TrainState:
+  """The newest readable checkpoint, in whichever layout it was written.
 
-  `model.kernels` may change on resume, and with it `flat_updates` (the optimizer state
-  as flat vectors or as trees): a state of the other layout is restored and converted.
+  The state's layout follows `model.scan_blocks` (repeated blocks stacked or one by one)
+  and the kernel set's `flat_updates` (optimizer state as flat vectors or as trees); both
+  may change on resume (a run begun before the ImageNet configs scanned, another
+  `model.kernels`): a state of another layout is restored and converted.
   """
-  other = template.replace(
-      opt_state=optim.relayout_opt_state(template.opt_state, template.params, not flat))
-  state, index = checkpoints.restore_newest_readable(template, other)
+  here = (model.scan_blocks, model.kernel_set.flat_updates)
+  layouts = [here] + [(s, f) for s in (here[0], not here[0]) for f in (here[1], not here[1])
+                      if (s, f) != here]
+  replicated = parallel.replicated(mesh)
+  others = [parallel.abstract(jax.eval_shape(functools.partial(
+      _relayout, model=model, source=here, target=layout), template), replicated)
+            for layout in layouts[1:]]
+  state, index = checkpoints.restore_newest_readable(template, *others)
   if index == 0:
     return state
-  return state.replace(opt_state=jax.jit(
-      functools.partial(optim.relayout_opt_state, flat=flat),
-      out_shardings=jax.tree.map(lambda x: x.sharding, template.opt_state))(
-          state.opt_state, state.params))
+  logging.info('Checkpoint written with scan_blocks=%s and flat optimizer state %s: '
+               'converted.', *layouts[index])
+  return jax.jit(functools.partial(_relayout, model=model, source=layouts[index], target=here),
+                 out_shardings=replicated)(state)
+
+
+def _relayout(state: TrainState, model: Inception, source: tuple[bool, bool],
+              target: tuple[bool, bool]) -> TrainState:
+  """`state` of layout `source` = (scan_blocks, flat optimizer state) in layout `target`:
+  the same values."""
+  opt_state = state.opt_state
+  if source[1]:
+    opt_state = optim.relayout_opt_state(opt_state, state.params, flat=False)
+  if source[0] != target[0]:
+    move = functools.partial(stack_repeats if target[0] else unstack_repeats, model=model)
+    like_params = lambda x: jax.tree.structure(x) == jax.tree.structure(state.params)
+    opt_state = jax.tree.map(lambda x: move(x) if like_params(x) else x, opt_state,
+                             is_leaf=like_params)
+    state = state.replace(params=move(state.params), ema_params=move(state.ema_params),
+                          batch_stats=move(state.batch_stats))
+  if target[1]:
+    opt_state = optim.relayout_opt_state(opt_state, state.params, flat=True)
+  return state.replace(opt_state=opt_state)
 
 
 def _load_init_from(state: TrainState, directory: str, mesh) -> TrainState:

@@ -22,7 +22,8 @@ RESUMABLE_KEYS = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_ever
                   'distributed_heartbeat_timeout_s',
                   'compilation_cache_dir', 'eval_batch_size', 'model.kernels',
                   'model.cpu_conv_library', 'data_threads', 'data_ram_budget_gb',
-                  'prefetch_batches', 'profile_steps', 'stop_if_dead_for_steps')
+                  'prefetch_batches', 'profile_steps', 'stop_if_dead_for_steps',
+                  'model.scan_blocks', 'model.remat')
 
 
 def _positive(config, key: str, integer: bool = False) -> None:

@@ -139,6 +139,29 @@ def test_resume_under_a_kernel_set_with_the_other_optimizer_layout(tmp_path, tin
   assert int(state.step) == 6 and int(state.skipped_steps) == 0
 
 
+def test_resume_with_the_repeated_blocks_scanned_or_unrolled(tmp_path, tiny_data_dir):
+  # A run begun unrolled (xla_cpu: flat optimizer state) goes on scanned, then unrolled
+  # under xla_tpu (trees): each resume converts the checkpoint of the other layout.
+  workdir = str(tmp_path)
+  config = lambda steps, scan, kernels='xla_cpu': tiny_config(
+      tiny_data_dir, num_train_steps=steps, **{'model.repeats': (2, 2, 2),
+                                               'model.scan_blocks': scan,
+                                               'model.kernels': kernels})
+  unrolled = train.train_and_evaluate(config(2, False), workdir)
+  scanned = train.train_and_evaluate(config(2, True), workdir)  # Restored, not retrained.
+  model = steps.create_model_from_config(config(2, True), 10, "cpu")
+  expected = train._relayout(unrolled, model, (False, True), (True, True))  # pylint: disable=protected-access
+  assert jax.tree.structure(scanned) == jax.tree.structure(expected)
+  assert scanned.params['InceptionResNetA']['block']['Conv2d_1x1']['kernel'].shape[0] == 2
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(scanned), jax.device_get(expected))
+  back = train._relayout(scanned, model, (True, True), (False, False))  # pylint: disable=protected-access
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(back.params),
+               jax.device_get(unrolled.params))
+  assert int(train.train_and_evaluate(config(3, True), workdir).step) == 3
+  state = train.train_and_evaluate(config(4, False, 'xla_tpu'), workdir)
+  assert int(state.step) == 4 and int(state.skipped_steps) == 0
+
+
 def test_optimizer_state_relayout_keeps_its_values():
   config = default.get_config()
   params = {'a': {'kernel': jnp.arange(6.0).reshape(2, 3)}, 'b': jnp.ones(4)}
