@@ -78,22 +78,17 @@ def micro_batches(x: jax.Array, count: int, shards: int) -> jax.Array:
   return x.reshape(count, b // count, *x.shape[3:])
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Inception,
-               config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-               shards: int = 1) -> tuple[TrainState, metrics_lib.TrainMetrics]:
-  """One update on a global batch; pure, so it jits and shards as is.
+def gradients(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
+              model: Inception, config: ml_collections.ConfigDict, shards: int = 1
+              ) -> tuple[Any, dict[str, Any]]:
+  """(mean gradient of loss + weight decay, the batch's outputs: loss, new BatchNorm
+  statistics, metrics), over `config.grad_accum_steps` micro-batches.
 
-  With `config.grad_accum_steps` = k > 1 the batch is k micro-batches (`micro_batches`,
-  over `shards` devices) whose gradients are summed in float32 by a `lax.scan`, one
-  forward and backward pass at a time: the memory of batch / k, the update of the batch.
-  Each micro-batch's BatchNorm statistics feed one running-average update per step, as
-  the groups of a single batch do.
+  With k > 1 micro-batches (`micro_batches`, over `shards` devices) the gradients are
+  summed in float32 by a `lax.scan`, one forward and backward pass at a time: the memory
+  of batch / k, the update of the batch. Each micro-batch's BatchNorm statistics feed one
+  running-average update per step, as the groups of a single batch do.
   """
-  dropout_key = jax.random.fold_in(jax.random.key(config.seed + 1), state.step)
-  colour_key = jax.random.fold_in(jax.random.key(config.seed + 2), state.step)
-  images = augment.train_images(batch['image'], colour_key, config.color_distortion,
-                                model.dtype)
-
   def loss_fn(params, images, labels, key):
     outputs, new_vars = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
@@ -115,19 +110,33 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Incepti
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   k = config.grad_accum_steps
   if k == 1:
-    (_, out), grads = grad_fn(state.params, images, batch['label'], dropout_key)
-  else:
-    def accumulate(total, micro):
-      (_, out), grads = grad_fn(state.params, *micro)
-      return jax.tree.map(jnp.add, total, grads), out
+    (_, out), grads = grad_fn(state.params, images, labels, key)
+    return grads, out
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    micro = (micro_batches(images, k, shards), micro_batches(batch['label'], k, shards),
-             jax.random.split(dropout_key, k))
-    grads, out = jax.lax.scan(accumulate, zeros, micro)
-    grads = jax.tree.map(lambda g: g / k, grads)
-    dead = jnp.all(out.pop('dead_units'), axis=0)
-    out = {**jax.tree.map(lambda v: jnp.mean(v, axis=0), out), 'dead_units': dead}
+  def accumulate(total, micro):
+    (_, out), grads = grad_fn(state.params, *micro)
+    return jax.tree.map(jnp.add, total, grads), out
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+  micro = (micro_batches(images, k, shards), micro_batches(labels, k, shards),
+           jax.random.split(key, k))
+  grads, out = jax.lax.scan(accumulate, zeros, micro)
+  grads = jax.tree.map(lambda g: g / k, grads)
+  dead = jnp.all(out.pop('dead_units'), axis=0)
+  return grads, {**jax.tree.map(lambda v: jnp.mean(v, axis=0), out), 'dead_units': dead}
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Inception,
+               config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+               shards: int = 1) -> tuple[TrainState, metrics_lib.TrainMetrics]:
+  """One update on a global batch (`gradients`: in micro-batches when asked); pure, so it
+  jits and shards as is."""
+  dropout_key = jax.random.fold_in(jax.random.key(config.seed + 1), state.step)
+  colour_key = jax.random.fold_in(jax.random.key(config.seed + 2), state.step)
+  images = augment.train_images(batch['image'], colour_key, config.color_distortion,
+                                model.dtype)
+  grads, out = gradients(state, images, batch['label'], dropout_key, model=model,
+                         config=config, shards=shards)
   loss, batch_stats = out['loss'], out['batch_stats']
   # With flat updates, the norm of the concatenated gradient (the optimizer concatenates it
   # anyway): one reduction instead of one per leaf, which XLA:CPU compiles as a kernel
