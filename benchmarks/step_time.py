@@ -73,17 +73,9 @@ def _flops(fn: Callable, *args) -> float:
   return float((jax.jit(fn).lower(*args).cost_analysis() or {}).get('flops', 0.0))
 
 
-def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
-  """Times one setting: compile, steady-state train and inference steps, memory."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from configs import default
-  from inception_jax import optim, steps
-  from inception_jax.data import augment
-
-  rss_after_import = _peak_rss_mb()
+def _config(setting: Setting, args: argparse.Namespace):
+  """The ImageNet config of `setting.model` with the setting applied."""
+  from configs import default  # pylint: disable=g-import-not-at-top
   config = default.imagenet(default.get_config(), setting.model)
   config.model.variant = args.variant
   config.model.width_multiplier = setting.width_multiplier
@@ -97,22 +89,12 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   config.image_size = setting.image_size
   config.batch_size = setting.batch
   config.model.bn_group_size = 0  # The statistics of the batch: any batch size, as timm's.
-  model = steps.create_model_from_config(config, args.num_classes)
-  tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch=1000),
-                              model.kernel_set.flat_updates)
-  # XLA's RngBitGenerator compiles ~3x faster than threefry for the hundreds of initializers
-  # of the full networks (unrolled IR-v2: 31 s vs 85 s here); the values do not matter.
-  with jax.default_prng_impl('unsafe_rbg'):
-    state = jax.jit(functools.partial(steps.create_train_state, model, config, tx))()
-  rng = np.random.RandomState(0)
-  batch = {
-      # uint8, as training's batches: the step scales them on the device.
-      'image': jnp.asarray(rng.randint(0, 256, (setting.batch, setting.image_size,
-                                                setting.image_size, 3)), jnp.uint8),
-      'label': jnp.asarray(rng.randint(0, args.num_classes, setting.batch), jnp.int32)}
-  num_params = sum(p.size for p in jax.tree.leaves(state.params))
+  return config
 
-  step_fn = functools.partial(steps.train_step, model=model, config=config, tx=tx)
+
+def _time_train(state, batch, step_fn, model, args: argparse.Namespace) -> dict[str, Any]:
+  """Compiles and times the train step; returns its figures and the state it leaves."""
+  import jax  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   lowered = jax.jit(step_fn, donate_argnums=(0,),
                     compiler_options=model.compiler_options).lower(state, batch)
@@ -134,28 +116,36 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
     one_train_step()
   faults = _page_faults()
   train_s = common.median_seconds(one_train_step, args.steps)
-  faults = (_page_faults() - faults) / args.steps
-  train_rss = _peak_rss_mb()
+  return dict(state=state, lowered=lowered, lower_s=lower_s, compile_s=compile_s,
+              first_step_s=first_step_s, train_s=train_s,
+              faults=(_page_faults() - faults) / args.steps, train_rss=_peak_rss_mb(),
+              temp_bytes=memory.temp_size_in_bytes if memory else None)
 
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  images = augment.to_signed_unit_range(batch['image'])
-  infer_fn = lambda v, x: model.apply(v, x, train=False)
+
+def _time_inference(model, variables, images, args: argparse.Namespace) -> tuple[float, float]:
+  """(compile s, step s) of the inference forward pass."""
+  import jax  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  infer = jax.jit(infer_fn, compiler_options=model.compiler_options).lower(
-      variables, images).compile()
-  infer_compile_s = time.perf_counter() - start
+  infer = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                  compiler_options=model.compiler_options).lower(variables, images).compile()
+  compile_s = time.perf_counter() - start
   run_infer = lambda: jax.block_until_ready(infer(variables, images))
   for _ in range(args.warmup + 1):
     run_infer()
-  infer_s = common.median_seconds(run_infer, args.steps)
-  peak_rss = _peak_rss_mb()
+  return compile_s, common.median_seconds(run_infer, args.steps)
 
-  # FLOPs of the plain network (unrolled, no remat) so that every variant is credited
-  # with the same useful work: XLA counts a scanned body once and remat's recompute extra.
+
+def _plain_flops(model, config, tx, batch, images, lowered) -> tuple[float, float]:
+  """(train, inference) FLOPs of the plain network (unrolled, no remat), so that every
+  variant is credited the same useful work: XLA counts a scanned body once and remat's
+  recompute extra."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from inception_jax import steps  # pylint: disable=g-import-not-at-top
   plain_model = model.clone(scan_blocks=False, remat=False)
   plain_state = jax.eval_shape(functools.partial(
       steps.create_train_state, plain_model, config, tx))
-  if setting.scan_blocks or setting.remat:
+  if model.scan_blocks or model.remat:
     train_flops = _flops(functools.partial(steps.train_step, model=plain_model, config=config,
                                            tx=tx), plain_state, batch)
   else:  # Already plain: lowering it again would only cost time.
@@ -163,14 +153,51 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
   infer_flops = _flops(lambda v, x: plain_model.apply(v, x, train=False),
                        {'params': plain_state.params, 'batch_stats': plain_state.batch_stats},
                        images)
+  return train_flops, infer_flops
+
+
+def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
+  """Times one setting: compile, steady-state train and inference steps, memory."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from inception_jax import optim, steps
+  from inception_jax.data import augment
+
+  rss_after_import = _peak_rss_mb()
+  config = _config(setting, args)
+  model = steps.create_model_from_config(config, args.num_classes)
+  tx = optim.create_optimizer(config, optim.create_schedule(config, steps_per_epoch=1000),
+                              model.kernel_set.flat_updates)
+  # XLA's RngBitGenerator compiles ~3x faster than threefry for the hundreds of initializers
+  # of the full networks (unrolled IR-v2: 31 s vs 85 s here); the values do not matter.
+  with jax.default_prng_impl('unsafe_rbg'):
+    state = jax.jit(functools.partial(steps.create_train_state, model, config, tx))()
+  rng = np.random.RandomState(0)
+  batch = {
+      # uint8, as training's batches: the step scales them on the device.
+      'image': jnp.asarray(rng.randint(0, 256, (setting.batch, setting.image_size,
+                                                setting.image_size, 3)), jnp.uint8),
+      'label': jnp.asarray(rng.randint(0, args.num_classes, setting.batch), jnp.int32)}
+  num_params = sum(p.size for p in jax.tree.leaves(state.params))
+  t = _time_train(state, batch, functools.partial(steps.train_step, model=model, config=config,
+                                                  tx=tx), model, args)
+  state = t['state']
+  images = augment.to_signed_unit_range(batch['image'])
+  infer_compile_s, infer_s = _time_inference(
+      model, {'params': state.params, 'batch_stats': state.batch_stats}, images, args)
+  peak_rss = _peak_rss_mb()
+  train_flops, infer_flops = _plain_flops(model, config, tx, batch, images, t['lowered'])
+  train_s = t['train_s']
 
   result = dataclasses.asdict(setting)
   result.update(
       variant=args.variant, repeats=args.repeats, params=int(num_params),
       kernels=model.kernels,  # As the model resolved 'auto' for this backend.
       aux_logits=args.aux_logits,
-      compile_s=round(compile_s, 2), lower_s=round(lower_s, 2),
-      first_step_s=round(first_step_s, 2), infer_compile_s=round(infer_compile_s, 2),
+      compile_s=round(t['compile_s'], 2), lower_s=round(t['lower_s'], 2),
+      first_step_s=round(t['first_step_s'], 2), infer_compile_s=round(infer_compile_s, 2),
       train_step_ms=round(1e3 * train_s, 1), infer_step_ms=round(1e3 * infer_s, 1),
       train_img_s=round(setting.batch / train_s, 3),
       infer_img_s=round(setting.batch / infer_s, 3),
@@ -178,12 +205,13 @@ def measure(setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
       train_gflops_per_img=float(f'{train_flops / setting.batch / 1e9:.4g}'),
       train_gflop_s=round(train_flops / train_s / 1e9, 1),
       infer_gflop_s=round(infer_flops / infer_s / 1e9, 1),
-      xla_temp_mb=round(memory.temp_size_in_bytes / 2**20, 1) if memory else None,
-      train_peak_rss_mb=round(train_rss), peak_rss_mb=round(peak_rss),
-      train_page_faults=round(faults),
+      xla_temp_mb=round(t['temp_bytes'] / 2**20, 1) if t['temp_bytes'] is not None else None,
+      train_peak_rss_mb=round(t['train_rss']), peak_rss_mb=round(peak_rss),
+      train_page_faults=round(t['faults']),
       rss_after_import_mb=round(rss_after_import),
       steps=args.steps, device=str(jax.devices()[0].device_kind),
-      num_devices=jax.device_count(), jax=jax.__version__)
+      num_devices=jax.device_count(), jax=jax.__version__,
+      exec_time_optimization_effort=jax.config.jax_exec_time_optimization_effort)
   if args.compare_keras and setting.model in peers.KERAS_MODELS:
     result.update(peers.measure_keras(setting, args))
   return result
