@@ -284,8 +284,9 @@ def evaluate(state: TrainState, p_eval_step: Any, config, mesh,
 
 def _prepare(config: ml_collections.ConfigDict, workdir: str,
              devices: Sequence[jax.Device] | None) -> tuple[Any, Any, Any, tuple[int, int]]:
-  """(data config, mesh, dataset info, `schedule_steps`), after every check that can fail on the config or
-  the data and before the workdir is written; then the config and `dataset.json` go there."""
+  """(data config, mesh, dataset info, `schedule_steps`). Every check that can fail on the
+  config or the data runs before the workdir is written; then the config and `dataset.json`
+  go there."""
   validation.validate(config)
   data = datasets.with_holdout(config)  # Training's splits: minival, when asked.
   mesh = parallel.create_mesh(devices)
@@ -358,7 +359,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   profiler = monitor.Profiler(config.profile_steps, workdir)
   preemption = _Preemption()
   death = _DeathWatch(config.stop_if_dead_for_steps)
-  death.replay(metrics_lib.read_metrics(workdir), start)
+  if start and config.stop_if_dead_for_steps > 0:  # Only a resumed, watched run reads its log.
+    death.replay(metrics_lib.read_metrics(workdir), start)
   train_batches = _train_batches(data, mesh, start)
   logging.info('Training %s for %d steps (%d per epoch) from step %d on %d devices '
                '(kernels: %s).', config.model.name, num_steps, steps_per_epoch, start,
