@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import importlib.util
 import math
+import os
 import re
 import time
 from typing import Any, Sequence
@@ -78,6 +79,9 @@ def target_devices(target: str) -> list[jax.Device]:
   kind = platform(target)
   try:
     if kind == 'tpu':
+      # libtpu's lockfile guards the chips, which a topology does not use: without this,
+      # a second compile on the host (a benchmark beside the tests) fails to start.
+      os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
       return list(topologies.get_topology_desc(topology_name=f'{generation}:{shape}',
                                                platform='tpu').devices)
     return list(topologies.get_topology_desc(platform='cuda', topology=shape,

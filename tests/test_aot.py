@@ -7,6 +7,8 @@ ones run.
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -110,3 +112,23 @@ def test_a_lowered_compile_effort_places_nothing_in_on_chip_memory(tiny_data_dir
   assert records[0.0]['exec_time_optimization_effort'] == 0.0
   assert records[-1.0]['exec_time_optimization_effort'] == -1.0
   assert records[0.0]['on_chip_values'] > 100 and records[-1.0]['on_chip_values'] == 0
+
+
+@needs_libtpu
+def test_two_processes_compile_for_a_tpu_slice_at_once():
+  """libtpu's lockfile is for the chips: a deviceless compile beside another one (a benchmark
+  while the tests run) gets its topology too."""
+  code = ('import sys; from inception_jax import aot; aot.target_devices("v5e:2x2"); '
+          'print("held", flush=True); sys.stdin.read()')
+  env = {**os.environ, 'TPU_SKIP_MDS_QUERY': '1', 'JAX_PLATFORMS': 'cpu'}
+  env.pop('ALLOW_MULTIPLE_LIBTPU_LOAD', None)  # What a fresh shell has.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  holder = subprocess.Popen([sys.executable, '-c', code], cwd=root, env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    second = subprocess.run([sys.executable, '-c', code], cwd=root, env=env, text=True,
+                            input='', capture_output=True, timeout=300, check=False)
+    assert second.returncode == 0 and second.stdout.strip() == 'held', second.stderr[-500:]
+  finally:
+    holder.communicate('', timeout=60)

@@ -466,3 +466,15 @@ def test_scanned_blocks_keep_no_more_for_the_backward_pass_than_unrolled():
   unrolled = _grad_temporaries(create_model('inception_resnet_v2', **kw))
   scanned = _grad_temporaries(create_model('inception_resnet_v2', scan_blocks=True, **kw))
   assert scanned <= unrolled, (scanned, unrolled)
+
+
+@pytest.mark.perf
+def test_scanned_blocks_keep_no_average_pool_of_xla_tpu():
+  """`xla_tpu`'s average pools are grouped convs, which the scan policy recomputes as a pool
+  is: Inception-v4's scanned A/B/C blocks (each with a pool) keep no more than the
+  reference set's (measured: 15.3 MB against 14.3 MB when the pools' outputs were kept)."""
+  kw = dict(repeats=(4, 4, 4), dtype='bfloat16', width_multiplier=0.25, num_classes=7,
+            scan_blocks=True)
+  ours = _grad_temporaries(create_model('inception_v4', kernels='xla_tpu', **kw))
+  reference = _grad_temporaries(create_model('inception_v4', kernels='reference', **kw))
+  assert ours <= reference, (ours, reference)

@@ -47,6 +47,16 @@ def normalize_relu(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Arr
   return nn.relu(y).astype(x.dtype)
 
 
+def dense_convs_saveable(prim: Any, *args: Any, **params: Any) -> bool:
+  """A checkpoint policy: the outputs of dots and of convs that mix channels.
+
+  A grouped conv (an average pool of `xla_tpu`) is recomputed from its input, as a
+  pool is: cheap, and each one kept would be a float32 activation per scanned block.
+  """
+  return (jax.checkpoint_policies.dots_saveable(prim, *args, **params)
+          and params.get('feature_group_count', 1) == 1)
+
+
 def padding_pairs(x_hw: Sequence[int], window: Sequence[int], strides: Sequence[int],
                   padding: str | Pads) -> Pads:
   if isinstance(padding, str):
@@ -172,8 +182,7 @@ class Reference:
     would keep all that autodiff saves.
     """
     return jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.dots_saveable,
-        jax.checkpoint_policies.save_only_these_names(BN_STATISTICS))
+        dense_convs_saveable, jax.checkpoint_policies.save_only_these_names(BN_STATISTICS))
 
   def avg_pool(self, x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
                padding: str, count_include_pad: bool) -> jax.Array:

@@ -13,13 +13,14 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from inception_jax.ops.reference import Reference, padding_pairs, window_taps
+from inception_jax.ops.reference import NHWC, Reference, padding_pairs
 
 
 @dataclasses.dataclass(frozen=True)
 class XlaTpu(Reference):
-  """The reference set with average pools as sums of shifted slices, per-parameter updates.
+  """The reference set with average pools as convolutions, per-parameter updates.
 
   XLA:TPU emits the relayouts into and out of one flat update vector slowly (57 s of a
   scanned step's compile, 10 s unrolled), so the optimizer updates each parameter.
@@ -29,22 +30,24 @@ class XlaTpu(Reference):
 
   def avg_pool(self, x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
                padding: str, count_include_pad: bool) -> jax.Array:
-    """The average of each window's taps, summed in (at least) float32, as strided slices.
+    """The window sums as a depthwise convolution with a kernel of ones, in float32.
 
-    XLA:TPU emits the gradient of a `reduce_window` sum (a padded reduce-window) fused
-    with its neighbours in one to seventy seconds, depending on the layouts it chose
-    for the step; slices and adds, and their gradients (pads), fuse into loops it
-    emits in about a second.
+    XLA:TPU emits the gradient of a `reduce_window` sum (a padded reduce-window fused
+    with its neighbours) in one to several hundred seconds, depending on the layouts it
+    chose for the step; a convolution's gradient is a convolution, which it emits in
+    seconds.
     """
+    channels = x.shape[-1]
     pads = padding_pairs(x.shape[1:3], window, strides, padding)
-    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    out_hw = tuple((p - k) // s + 1 for p, k, s in zip(padded.shape[1:3], window, strides))
-    taps = list(window_taps(window, strides, out_hw))
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    total = sum(padded[:, rows, cols].astype(acc) for _, _, (rows, cols) in taps)
+    total = lax.conv_general_dilated(x, jnp.ones((*window, 1, channels), x.dtype), strides,
+                                     pads, dimension_numbers=NHWC,
+                                     feature_group_count=channels,
+                                     preferred_element_type=acc)
     if count_include_pad:
-      count = np.full(out_hw, float(np.prod(window)))
+      count = np.full(total.shape[1:3], float(np.prod(window)))
     else:  # How many of each window's taps fall inside the image.
       inside = np.pad(np.ones(x.shape[1:3]), pads)
-      count = sum(inside[rows, cols] for _, _, (rows, cols) in taps)
+      windows = np.lib.stride_tricks.sliding_window_view(inside, window)
+      count = windows[::strides[0], ::strides[1]].sum(axis=(-2, -1))
     return (total / count[:, :, None].astype(acc)).astype(x.dtype)
