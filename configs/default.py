@@ -122,8 +122,8 @@ def imagenet(config: ml_collections.ConfigDict, name: str) -> ml_collections.Con
   # and compiled steps kept between runs (a full network compiles for minutes).
   config.model.dtype = 'bfloat16'
   config.compilation_cache_dir = '~/.cache/inception_jax/xla'
-  # Each stage's repeated blocks as one scanned block: the v5e train step compiles in 0.6x
-  # the time, with fewer temporaries (benchmarks/README.md, "Compile time").
+  # Each stage's repeated blocks as one scanned block: the v5e train step compiles in
+  # 0.6-0.8x the time, with fewer temporaries (benchmarks/README.md, "Compile time").
   config.model.scan_blocks = True
   config.num_epochs = 100.0
   config.log_every_steps = 100
