@@ -298,7 +298,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
 
 # --- Command line. -------------------------------------------------------------
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--model', type=list_of(str, MODELS), default=list(MODELS),
                  help='networks to measure (default: all four)')
@@ -345,6 +345,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help='also append each setting\'s JSON line to this file as it is measured')
   p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--timm_worker', action='store_true', help=argparse.SUPPRESS)
+  return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = _parser()
   args = p.parse_args(argv)
   if args.timm_worker:
     return args  # Checked by the parent; the timm venv may have no JAX to check with.

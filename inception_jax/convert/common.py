@@ -238,13 +238,7 @@ def convert(source: Source, file: str, arch: str, *, drop_background: bool = Fal
   if arch not in source.archs:
     raise ValueError(f'{source.name} weights exist for {", ".join(source.archs)}, '
                      f'not {arch!r}')
-  try:
-    tensors = source.read(file, arch)
-  except ValueError:  # The readers' own: they name the file and the format.
-    raise
-  except Exception as e:  # h5py, safetensors and TensorFlow each raise their own kinds.
-    raise ValueError(f'cannot read {file} as {source.name} weights: {type(e).__name__}: '
-                     f'{" ".join(str(e).split())}') from e
+  tensors = _read(source, file, arch)
   # One trace of a one-class model with the aux head names every tensor; only the
   # classifiers' last axis depends on the class count.
   probe = build(arch, source, num_classes=1, aux_logits=True)
@@ -265,6 +259,38 @@ def convert(source: Source, file: str, arch: str, *, drop_background: bool = Fal
     expected = {k: v for k, v in expected.items() if not _is_aux(k)}
     unnamed = [k for k in unnamed if not _is_aux(k)]
 
+  flat, missing, mismatched = _transfer(source, expected, tensors, shapes, num_classes,
+                                       drop_background)
+  missing += [f'(no {source.name} name)  for {ours}' for ours in unnamed]
+  used = {name for _, _, name in expected.values()}
+  ignored = sorted(n for n in tensors if n not in used and source.ignored(n))
+  unexpected = sorted(set(tensors) - used - set(ignored), key=natural_key)
+  problems = [('missing tensors (the model needs them, the file lacks them)', missing),
+              ('unexpected tensors (in the file, unused by the model)', unexpected),
+              ('shape mismatches', mismatched)]
+  if any(items for _, items in problems):
+    raise ValueError(_problem_message(file, source, arch, problems))
+  model = build(arch, source, num_classes=num_classes, aux_logits=aux,
+                avg_pool_include_pad=avg_pool_include_pad)
+  return Conversion(model, unflatten(flat), source.name, file, source_classes,
+                    drop_background, len(flat), ignored)
+
+
+def _read(source: Source, file: str, arch: str) -> Mapping[str, Any]:
+  """The file's tensors by name; any reader's error becomes one ValueError naming the file."""
+  try:
+    return source.read(file, arch)
+  except ValueError:  # The readers' own: they name the file and the format.
+    raise
+  except Exception as e:  # h5py, safetensors and TensorFlow each raise their own kinds.
+    raise ValueError(f'cannot read {file} as {source.name} weights: {type(e).__name__}: '
+                     f'{" ".join(str(e).split())}') from e
+
+
+def _transfer(source: Source, expected: dict[str, tuple[Layer, str, str]],
+              tensors: Mapping[str, Any], shapes: dict[str, tuple[int, ...]], num_classes: int,
+              drop_background: bool) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+  """Our variables in our layout from the file's tensors, with what is missing or misshapen."""
   flat, missing, mismatched = {}, [], []
   for ours, (layer, role, name) in expected.items():
     if name not in tensors:
@@ -281,19 +307,7 @@ def convert(source: Source, file: str, arch: str, *, drop_background: bool = Fal
                         f'in our layout, but {ours} is {want}')
       continue
     flat[ours] = value
-  missing += [f'(no {source.name} name)  for {ours}' for ours in unnamed]
-  used = {name for _, _, name in expected.values()}
-  ignored = sorted(n for n in tensors if n not in used and source.ignored(n))
-  unexpected = sorted(set(tensors) - used - set(ignored), key=natural_key)
-  problems = [('missing tensors (the model needs them, the file lacks them)', missing),
-              ('unexpected tensors (in the file, unused by the model)', unexpected),
-              ('shape mismatches', mismatched)]
-  if any(items for _, items in problems):
-    raise ValueError(_problem_message(file, source, arch, problems))
-  model = build(arch, source, num_classes=num_classes, aux_logits=aux,
-                avg_pool_include_pad=avg_pool_include_pad)
-  return Conversion(model, unflatten(flat), source.name, file, source_classes,
-                    drop_background, len(flat), ignored)
+  return flat, missing, mismatched
 
 
 def _problem_message(file: str, source: Source, arch: str,

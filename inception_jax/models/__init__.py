@@ -68,6 +68,14 @@ def create_model(name: str, *, num_classes: int = 1000, platform: str | None = N
   Raises:
     ValueError: for an unknown name or option, or an option value out of range.
   """
+  options = _checked_options(name, num_classes, overrides)
+  options['platform'] = ops.platform_name(platform)
+  options['kernels'] = ops.resolve(options.get('kernels', 'auto'), options['platform'])
+  return Inception(arch=name, num_classes=int(num_classes), **options)
+
+
+def _checked_options(name: str, num_classes: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+  """`overrides` checked (ValueError names the bad value) and normalised for `Inception`."""
   if name not in ARCHS:
     raise ValueError(f'unknown model {name!r}; valid models: {", ".join(ARCHS)}')
   unknown = sorted(set(overrides) - set(model_options()))
@@ -80,17 +88,14 @@ def create_model(name: str, *, num_classes: int = 1000, platform: str | None = N
     raise ValueError(f'variant={variant!r} is invalid; valid variants: {", ".join(VARIANTS)}')
   if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
     raise ValueError(f'num_classes={num_classes!r} must be a positive integer')
-  _check_positive('width_multiplier', options.get('width_multiplier', 1.0))
-  scale = options.get('residual_scale', 1.0)
-  scales = (scale,) if isinstance(scale, numbers.Real) else tuple(scale)
-  if len(scales) not in (1, 3):
-    raise ValueError(f'residual_scale={scale!r} must be one float or three (35x35, 17x17, '
-                     '8x8 grids)')
-  for s in scales:
-    _check_positive('residual_scale', s)
-  if 'residual_scale' in options:  # A 1-tuple is what `--config.model.residual_scale=0.2` gives.
-    options['residual_scale'] = float(scales[0]) if len(scales) == 1 else tuple(
-        float(s) for s in scales)
+  _check_layout(options, name, variant)
+  _check_numbers(options)
+  ops.check(options.get('kernels', 'auto'), options.get('cpu_conv_library', 'eigen'))
+  return options
+
+
+def _check_layout(options: dict[str, Any], name: str, variant: str) -> None:
+  """Block repeats and the stem: what the network's layers are."""
   # () in a config ([] once saved as JSON): the paper's repeats (None can't be overridden).
   if options.get('repeats') in ((), []):
     options['repeats'] = None
@@ -105,9 +110,21 @@ def create_model(name: str, *, num_classes: int = 1000, platform: str | None = N
     raise ValueError(f'stem_pool=False is invalid for {name} ({variant}): its first max pool is '
                      'a branch of Mixed_3a (Fig. 3); it applies to inception_v3, '
                      'inception_resnet_v1 and inception_resnet_v2 (slim)')
-  ops.check(options.get('kernels', 'auto'), options.get('cpu_conv_library', 'eigen'))
-  options['platform'] = ops.platform_name(platform)
-  options['kernels'] = ops.resolve(options.get('kernels', 'auto'), options['platform'])
+
+
+def _check_numbers(options: dict[str, Any]) -> None:
+  """Widths, residual scales, BatchNorm groups, dropout and the compute dtype."""
+  _check_positive('width_multiplier', options.get('width_multiplier', 1.0))
+  scale = options.get('residual_scale', 1.0)
+  scales = (scale,) if isinstance(scale, numbers.Real) else tuple(scale)
+  if len(scales) not in (1, 3):
+    raise ValueError(f'residual_scale={scale!r} must be one float or three (35x35, 17x17, '
+                     '8x8 grids)')
+  for s in scales:
+    _check_positive('residual_scale', s)
+  if 'residual_scale' in options:  # A 1-tuple is what `--config.model.residual_scale=0.2` gives.
+    options['residual_scale'] = float(scales[0]) if len(scales) == 1 else tuple(
+        float(s) for s in scales)
   group = options.get('bn_group_size', 0)
   if isinstance(group, bool) or not isinstance(group, numbers.Integral) or group < 0:
     raise ValueError(f'bn_group_size={group!r} is invalid: give the images per BatchNorm '
@@ -120,7 +137,6 @@ def create_model(name: str, *, num_classes: int = 1000, platform: str | None = N
     if isinstance(dtype, str) and dtype not in _DTYPES:
       raise ValueError(f'dtype={dtype!r} is invalid; valid dtypes: {", ".join(_DTYPES)}')
     options['dtype'] = jnp.dtype(dtype)
-  return Inception(arch=name, num_classes=int(num_classes), **options)
 
 
 def _check_positive(key: str, value: Any) -> None:
