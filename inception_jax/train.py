@@ -406,7 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     profiler.close()
     if isinstance(train_batches, prefetch.Prefetcher):
       train_batches.close()
-    writer.flush()
+    writer.close()  # Its event files and thread: a process may train several runs.
     checkpoints.close()
   # Every process logs this; in a multi-host run they must agree.
   logging.info('Finished at step %d; parameter checksum %.10e', step, parameter_checksum(state))

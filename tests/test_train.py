@@ -4,6 +4,8 @@ import functools
 import importlib
 import json
 import os
+import threading
+import time
 
 import flax
 import jax
@@ -15,7 +17,7 @@ import pytest
 from configs import default
 from experiments import runs
 from inception_jax import checkpointing, optim, steps, train, validation
-from inception_jax.data import augment, datasets
+from inception_jax.data import augment, datasets, prefetch
 from tests.util import REPO, tiny_config
 
 
@@ -178,6 +180,29 @@ def test_optimizer_state_relayout_keeps_its_values():
     moved = optim.relayout_opt_state(states[not flat], params, flat)
     assert jax.tree.structure(moved) == jax.tree.structure(states[flat])
     jax.tree.map(np.testing.assert_array_equal, moved, states[flat])
+
+
+def test_prefetcher_keeps_order_and_its_thread_ends_with_close():
+  transferred = []
+  batches = prefetch.Prefetcher(iter(range(100)), lambda b: transferred.append(b) or 2 * b,
+                                depth=2)
+  assert [next(batches) for _ in range(3)] == [0, 2, 4]
+  batches.close()  # The thread is blocked on the full queue: close must still end it.
+  assert 'Prefetcher' not in [t.name for t in threading.enumerate()]
+  done = len(transferred)
+  assert done <= 3 + 2 + 1  # Read, queued, and at most one in transfer.
+  time.sleep(0.3)
+  assert len(transferred) == done
+
+  def broken():
+    yield 1
+    raise OSError('corrupt shard')
+  batches = prefetch.Prefetcher(broken(), lambda b: b)
+  assert next(batches) == 1
+  with pytest.raises(OSError, match='corrupt shard'):
+    next(batches)
+  batches.close()
+  assert list(prefetch.Prefetcher(iter(range(3)), lambda b: b)) == [0, 1, 2]
 
 
 def test_run_directory_holds_config_metrics_and_checkpoints(tmp_path, tiny_data_dir):

@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from absl import logging
+
 _DONE = object()
 
 
@@ -27,24 +29,28 @@ class Prefetcher:
     self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
     self._stop = threading.Event()
     self.wait_s = 0.0  # Time the last `next` blocked.
-    self._thread = threading.Thread(target=self._fill, args=(batches, transfer), daemon=True)
+    self._thread = threading.Thread(target=self._fill, args=(batches, transfer), daemon=True,
+                                    name='Prefetcher')
     self._thread.start()
 
   def _fill(self, batches, transfer) -> None:
     try:
       for batch in batches:
-        item = transfer(batch)
-        while not self._stop.is_set():
-          try:
-            self._queue.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if self._stop.is_set():
+        if not self._put(transfer(batch)):
           return
-      self._queue.put(_DONE)
+      self._put(_DONE)
     except BaseException as e:  # pylint: disable=broad-except
-      self._queue.put(e)
+      self._put(e)
+
+  def _put(self, item: Any) -> bool:
+    """Queues `item` unless closed first; a full queue is retried so that `close` ends it."""
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def __iter__(self) -> Prefetcher:
     return self
@@ -60,5 +66,16 @@ class Prefetcher:
       raise item
     return item
 
-  def close(self) -> None:
+  def close(self, timeout_s: float = 60.0) -> None:
+    """Stops the thread and waits for it (at most `timeout_s`), dropping unused batches.
+
+    Waiting matters when one process trains several runs (tests, in-process sweeps):
+    no thread of a finished run still transfers batches while the next one computes.
+    """
     self._stop.set()
+    self._thread.join(timeout_s)
+    if self._thread.is_alive():
+      logging.warning('The input thread did not stop within %.0f s (a batch still being '
+                      'read); leaving it to end by itself.', timeout_s)
+    while not self._queue.empty():
+      self._queue.get_nowait()
