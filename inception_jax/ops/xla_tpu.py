@@ -22,8 +22,9 @@ from inception_jax.ops.reference import NHWC, Reference, padding_pairs
 class XlaTpu(Reference):
   """The reference set with average pools as convolutions, per-parameter updates.
 
-  XLA:TPU emits the relayouts into and out of one flat update vector slowly (57 s of a
-  scanned step's compile, 10 s unrolled), so the optimizer updates each parameter.
+  XLA:TPU emits the relayouts into and out of one flat update vector slowly (a large share
+  of a scanned step's compile: benchmarks/README.md, "Compile time"), so the optimizer
+  updates each parameter.
   """
   name: ClassVar[str] = 'xla_tpu'
   flat_updates: ClassVar[bool] = False
