@@ -384,6 +384,22 @@ def test_a_dead_network_stops_early_saved_and_counts_as_finished(tmp_path, tiny_
   assert len(runs.Run.load(workdir).records) == records
 
 
+def test_the_loops_dispatch_one_step_ahead_at_most(tmp_path, tiny_data_dir, monkeypatch):
+  """Metrics merge only once the step before is done: dispatch never queues more than one step
+  (unbounded, XLA:CPU's four test devices can deadlock in an all-reduce)."""
+  ready, merged = [], train.metrics_lib.merged
+
+  def spy(collected, new):
+    ready.append(all(leaf.is_ready() for leaf in jax.tree.leaves(collected)))
+    return merged(collected, new)
+
+  monkeypatch.setattr(train.metrics_lib, 'merged', spy)
+  config = tiny_config(tiny_data_dir, num_train_steps=6, log_every_steps=100,
+                       eval_every_steps=100, steps_per_eval=3)
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert ready == [True] * (5 + 2)  # Train steps 2-6, eval batches 2-3.
+
+
 def test_death_watch_needs_the_network_dead_at_every_log_for_its_steps():
   dead = {'train/pre_pool_zero_fraction': 1.0, 'train/dead_unit_fraction': 1.0}
   alive = {'train/pre_pool_zero_fraction': 0.5, 'train/dead_unit_fraction': 0.0}
