@@ -16,6 +16,10 @@ target this process can run reads a cache back (`cpu`, or the accelerator's own 
 deviceless TPU or GPU compile writes entries but PjRt loads them only with the devices.
 `scanned_low_effort` is the scanned step compiled with JAX_EXEC_TIME_OPTIMIZATION_EFFORT=-1:
 what a lowered effort saves, and in `on-chip values` what the program gives up for it.
+`--profile` (TPU targets) compiles each step in a process of its own with libtpu's emission
+log on (`compile_profile.py`): the thread seconds spent emitting fusions, per block of the
+network and per kind, the LLO instructions emitted, and the fusions emitted again after an
+error, with what those cost.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from benchmarks import common  # pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+from benchmarks import common, compile_profile
+from inception_jax import aot
 
 # name -> (model.scan_blocks, model.remat, JAX_EXEC_TIME_OPTIMIZATION_EFFORT or None).
 # A lowered effort compiles faster but is another program (no on-chip prefetches on TPU):
@@ -47,6 +53,8 @@ COLUMNS = (
     ('temp x unrolled', 'temp_ratio', '{:.2f}'), ('total GB', 'hbm_gb', '{:.2f}'),
     ('fusions', 'fusions', '{:,}'), ('on-chip values', 'on_chip_values', '{:,}'),
     ('FLOP/byte (unrolled)', 'flop_per_byte', '{:.1f}'),
+    ('emit thread s', 'emit_thread_s', '{:.0f}'), ('LLO M instr', 'llo_m_instructions', '{:.1f}'),
+    ('retried fusions', 'retried_fusions', '{}'), ('retry thread s', 'retry_thread_s', '{:.0f}'),
 )
 
 
@@ -62,6 +70,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                       default=['train', 'eval'])
   parser.add_argument('--restart', action='store_true',
                       help='compile each setting again in a new process from the cache')
+  parser.add_argument('--profile', action='store_true',
+                      help="where the compile's time goes (TPU targets): libtpu's emission log")
   parser.add_argument('--json', action='store_true', help='JSON lines instead of the table')
   parser.add_argument('--out', default='', help='also append the JSON lines to this file')
   args, overrides = parser.parse_known_args(argv)
@@ -72,20 +82,20 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   if args.restart and args.target != ['cpu']:
     parser.error(f'--restart needs --target=cpu, not {",".join(args.target)}: a deviceless '
                  'compile writes cache entries that PjRt loads only with the devices')
+  not_tpu = [t for t in args.target if t.partition(':')[0] not in aot.TPU_GENERATIONS]
+  if args.profile and not_tpu:
+    parser.error(f'--profile reads libtpu\'s log: it needs TPU targets, not {",".join(not_tpu)}')
   if 'unrolled' not in args.settings:
     args.settings.insert(0, 'unrolled')
   return args, overrides
 
 
-def compile_setting(args, overrides: list[str], target: str, setting: str,
-                    cache_dir: str) -> list[dict]:
-  """aot.py's JSON records for one target and setting, compiled in a fresh process."""
-  scan, remat, effort = SETTINGS[setting]
-  env = dict(os.environ)
-  if effort is not None:
-    env['JAX_EXEC_TIME_OPTIMIZATION_EFFORT'] = str(effort)
+def run_aot(args, overrides: list[str], target: str, setting: str, steps: list[str],
+            cache_dir: str, env: dict[str, str]) -> tuple[list[dict], str]:
+  """aot.py's JSON records for `steps` compiled in a fresh process, and its stderr."""
+  scan, remat, _ = SETTINGS[setting]
   command = [sys.executable, os.path.join(REPO, 'benchmarks', 'aot.py'), '--json',
-             f'--target={target}', f'--config={args.config}', f'--steps={",".join(args.steps)}',
+             f'--target={target}', f'--config={args.config}', f'--steps={",".join(steps)}',
              f'--compilation_cache_dir={cache_dir}', *overrides,
              f'--config.model.scan_blocks={scan}', f'--config.model.remat={remat}']
   done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
@@ -93,7 +103,26 @@ def compile_setting(args, overrides: list[str], target: str, setting: str,
     tail = (done.stderr.strip().splitlines() or ['(no output)'])[-1]
     raise SystemExit(f'error: {setting} on {target}: {tail}')
   records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
-  return [dict(r, setting=setting) for r in records]
+  return [dict(r, setting=setting) for r in records], done.stderr
+
+
+def compile_setting(args, overrides: list[str], target: str, setting: str,
+                    cache_dir: str) -> list[dict]:
+  """The records of one target and setting; profiled, one process per step."""
+  env = dict(os.environ)
+  if SETTINGS[setting][2] is not None:
+    env['JAX_EXEC_TIME_OPTIMIZATION_EFFORT'] = str(SETTINGS[setting][2])
+  if not args.profile:
+    return run_aot(args, overrides, target, setting, args.steps, cache_dir, env)[0]
+  records = []
+  for step in args.steps:
+    with tempfile.TemporaryDirectory(prefix='hlo_dump_') as dump:
+      [record], log = run_aot(args, overrides, target, setting, [step], cache_dir,
+                              compile_profile.environment(dump, env))
+      record.update(compile_profile.summary(compile_profile.read(log, dump, step)))
+    record['llo_m_instructions'] = record['llo_instructions'] / 1e6
+    records.append(record)
+  return records
 
 
 def against_baseline(records: list[dict]) -> None:
@@ -123,8 +152,14 @@ def main(argv: list[str]) -> None:
       print(f'{target} {setting}: ' + ', '.join(f'{r["step"]} {r["compile_s"]:.0f} s'
                                                  for r in first), file=sys.stderr, flush=True)
   against_baseline(records)
-  common.emit(records, args.json, lambda rs: common.markdown(common.table_rows(rs, COLUMNS)),
-              args.out)
+  common.emit(records, args.json, table, args.out)
+
+
+def table(records: list[dict]) -> str:
+  text = common.markdown(common.table_rows(records, COLUMNS))
+  if any('emit_s_by_stage' in r for r in records):
+    text += '\n\n' + common.markdown(compile_profile.stage_table(records))
+  return text
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ ones run.
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import jax
 import pytest
 
 from inception_jax import aot
-from tests.util import tiny_config
+from tests.util import REPO, subprocess_env, tiny_config
 
 HAS_LIBTPU = importlib.util.find_spec('libtpu') is not None
 needs_libtpu = pytest.mark.skipif(
@@ -132,3 +133,28 @@ def test_two_processes_compile_for_a_tpu_slice_at_once():
     assert second.returncode == 0 and second.stdout.strip() == 'held', second.stderr[-500:]
   finally:
     holder.communicate('', timeout=60)
+
+
+@needs_libtpu
+@pytest.mark.perf
+def test_compile_time_profile_says_which_blocks_the_emission_went_to():
+  """`compile_time.py --profile` reads libtpu's emission log: every thread second of it
+  lands in one block and one kind, and the scanned step's repeated blocks in its loop body."""
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'compile_time.py'), '--json',
+       '--profile', '--target=v5e:2x2', '--config=configs/default.py', '--settings=scanned',
+       '--steps=train', '--config.model.width_multiplier=0.125',
+       '--config.model.repeats=(2,2,2)', '--config.image_size=75'],
+      env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  unrolled, scanned = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{')]
+  for r in (unrolled, scanned):
+    assert r['fusions_emitted'] > 50 and r['llo_instructions'] > r['fusions_emitted']
+    for split in ('emit_s_by_stage', 'emit_s_by_kind'):
+      assert sum(r[split].values()) == pytest.approx(r['emit_thread_s'], abs=0.1 * len(r[split]))
+    assert r['emit_s_by_kind']['conv forward'] > 0 and r['emit_s_by_kind']['conv gradient'] > 0
+    assert {'Stem', 'Mixed_5b', 'ReductionA', 'ReductionB'} <= set(r['emit_s_by_stage'])
+    assert 0 <= r['retry_thread_s'] <= r['emit_thread_s']
+  assert {'InceptionResNetA', 'InceptionResNetB'} <= set(unrolled['emit_s_by_stage'])
+  assert not any(s.startswith('scan:') for s in unrolled['emit_s_by_stage'])
+  assert {'scan:InceptionResNetA', 'scan:InceptionResNetB'} <= set(scanned['emit_s_by_stage'])

@@ -208,6 +208,8 @@ def test_compile_time_compares_settings_with_the_unrolled_step_and_restarts_from
     (['--settings=folded'], "argument --settings: 'folded' is invalid"),
     (['--target=v5e:2x2', '--restart'], '--restart needs --target=cpu, not v5e:2x2'),
     (['--batch=8'], 'unrecognized arguments: --batch=8'),
+    (['--target=v5e:2x2,cpu', '--profile'], "--profile reads libtpu's log: it needs TPU targets, "
+                                            'not cpu'),
 ])
 def test_compile_time_bad_flags_give_one_line_errors(flags, message):
   proc = subprocess.run([sys.executable, COMPILE_TIME, '--config=configs/default.py', *flags],
