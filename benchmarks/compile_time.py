@@ -53,7 +53,7 @@ COLUMNS = (
     ('temp x unrolled', 'temp_ratio', '{:.2f}'), ('total GB', 'hbm_gb', '{:.2f}'),
     ('fusions', 'fusions', '{:,}'), ('on-chip values', 'on_chip_values', '{:,}'),
     ('FLOP/byte (unrolled)', 'flop_per_byte', '{:.1f}'),
-    ('emit thread s', 'emit_thread_s', '{:.0f}'), ('LLO M instr', 'llo_m_instructions', '{:.1f}'),
+    ('emit thread s', 'emit_thread_s', '{:.0f}'), ('LLO instructions', 'llo_instructions', '{:,}'),
     ('retried fusions', 'retried_fusions', '{}'), ('retry thread s', 'retry_thread_s', '{:.0f}'),
 )
 
@@ -120,7 +120,6 @@ def compile_setting(args, overrides: list[str], target: str, setting: str,
       [record], log = run_aot(args, overrides, target, setting, [step], cache_dir,
                               compile_profile.environment(dump, env))
       record.update(compile_profile.summary(compile_profile.read(log, dump, step)))
-    record['llo_m_instructions'] = record['llo_instructions'] / 1e6
     records.append(record)
   return records
 

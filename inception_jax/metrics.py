@@ -61,8 +61,23 @@ class StageStats(metrics.Metric):
 @jax.jit
 def merged(collected: metrics.Collection, new: metrics.Collection) -> metrics.Collection:
   """`collected.merge(new)` in one program: clu merges field by field, a dispatch each (about
-  20 a train step), which crowd the runtime's queue (train.py's loop says why that matters)."""
+  20 a train step), which crowd the runtime's queue (`accumulate` says why that matters)."""
   return collected.merge(new)
+
+
+def accumulate(collected: metrics.Collection | None,
+               new: metrics.Collection) -> metrics.Collection:
+  """`new` merged into `collected` once the steps before it are done.
+
+  The train and eval loops merge each step's metrics right after dispatching it, so waiting
+  here keeps dispatch one step ahead of the devices at most. Unbounded, executions queue up,
+  and XLA:CPU with several devices (the tests' 4) deadlocks in an all-reduce once about a
+  hundred are queued: the process aborts after 40 s (jax 0.10.2).
+  """
+  if collected is None:
+    return new
+  jax.block_until_ready(collected)
+  return merged(collected, new)
 
 
 STAGE_STATS = ('shortcut_rms', 'branch_rms', 'dead_channels')  # Sown by `ResidualBlock`.

@@ -269,10 +269,7 @@ def evaluate(state: TrainState, p_eval_step: Any, config, mesh,
     num_steps = min(num_steps, config.steps_per_eval)
   collected = None
   for batch in _eval_batches(config, mesh, num_steps):
-    m = p_eval_step(state, batch)
-    if collected is not None:
-      jax.block_until_ready(collected)  # One batch ahead at most, as in the train loop.
-    collected = m if collected is None else metrics_lib.merged(collected, m)
+    collected = metrics_lib.accumulate(collected, p_eval_step(state, batch))
   collected = jax.device_get(collected)  # compute() on the host: no more device programs.
   scalars = metrics_lib.with_accuracy(collected.compute(), 'eval')
   # The input pipeline skips examples it cannot decode; count them here.
@@ -376,14 +373,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         batch = next(train_batches)
         state, m = p_train_step(state, batch)
-      # Dispatch runs one step ahead of the devices at most. Unbounded, executions queue up,
-      # and XLA:CPU with several devices (the tests' 4) deadlocks in an all-reduce once about
-      # a hundred are queued: the process aborts after 40 s (jax 0.10.2).
-      if train_metrics is not None:
-        jax.block_until_ready(train_metrics)
+      train_metrics = metrics_lib.accumulate(train_metrics, m)  # Waits for the step before.
       speed.step(getattr(train_batches, 'wait_s', 0.0))
       profiler.after(step, state)
-      train_metrics = m if train_metrics is None else metrics_lib.merged(train_metrics, m)
       report(step)
       if config.nonfinite_policy == 'stop' and not np.isfinite(jax.device_get(m.loss).compute()):
         raise FloatingPointError(

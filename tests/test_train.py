@@ -394,10 +394,11 @@ def test_the_loops_dispatch_one_step_ahead_at_most(tmp_path, tiny_data_dir, monk
     return merged(collected, new)
 
   monkeypatch.setattr(train.metrics_lib, 'merged', spy)
-  config = tiny_config(tiny_data_dir, num_train_steps=6, log_every_steps=100,
-                       eval_every_steps=100, steps_per_eval=3)
+  # Enough merges that an unbounded loop is caught even when the host happens to keep up.
+  config = tiny_config(tiny_data_dir, num_train_steps=16, log_every_steps=100,
+                       eval_every_steps=100, steps_per_eval=6)
   train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert ready == [True] * (5 + 2)  # Train steps 2-6, eval batches 2-3.
+  assert ready == [True] * (15 + 5)  # Train steps 2-16, eval batches 2-6.
 
 
 def test_death_watch_needs_the_network_dead_at_every_log_for_its_steps():
