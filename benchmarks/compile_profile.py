@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import glob
 import os
 import re
@@ -20,7 +21,9 @@ import re
 # What libtpu must log, set before it loads (in the process that compiles).
 LOG_ENV = {'TPU_STDERR_LOG_LEVEL': '0', 'TPU_MIN_LOG_LEVEL': '0',
            'TPU_VMODULE': 'deepsea_compiler_backend=1,lowering_emitter=1'}
-_EMIT = re.compile(r'XLA::TPU emitting for (\S+) time: .*?\((\d+) us\)')
+# A glog line: I<month><day> <time> <thread> <file:line>] <message>.
+_EMIT = re.compile(r'^.(\d{4} [\d:.]+)\s+(\d+) \S+\] '
+                   r'XLA::TPU emitting for (\S+) time: .*?\((\d+) us\)')
 _LLO = re.compile(r'\] \[([^\]]+)\] LLO optimizing ([\d,]+) instructions')
 _RETRY = re.compile(r'Recompiling: %(\S+) = .* due to error: (.*?)\s*$')
 _OP_NAME = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]*)"')
@@ -33,6 +36,8 @@ _PLUMBING = {'while', 'body', 'cond', 'closed_call', 'checkpoint', 'block',
 class Fusion:
   """One fusion (or other instruction) as libtpu emitted it: once, or again after an error."""
   seconds: list[float] = dataclasses.field(default_factory=list)   # per emission
+  ends: list[float] = dataclasses.field(default_factory=list)      # its end, s in the year
+  threads: set[str] = dataclasses.field(default_factory=set)
   instructions: list[int] = dataclasses.field(default_factory=list)  # LLO, per emission
   retry_errors: list[str] = dataclasses.field(default_factory=list)
   op_name: str = ''
@@ -49,7 +54,12 @@ def read(log: str, dump_dir: str, step: str) -> dict[str, Fusion]:
   fusions: dict[str, Fusion] = collections.defaultdict(Fusion)
   for line in log.splitlines():
     if m := _EMIT.search(line):
-      fusions[m.group(1)].seconds.append(int(m.group(2)) / 1e6)
+      fusion = fusions[m.group(3)]
+      fusion.seconds.append(int(m.group(4)) / 1e6)
+      # The log gives no year: 2000's, a leap year, so that 29 February reads too.
+      when = datetime.datetime.strptime('2000' + m.group(1), '%Y%m%d %H:%M:%S.%f')
+      fusion.ends.append((when - datetime.datetime(2000, 1, 1)).total_seconds())
+      fusion.threads.add(m.group(2))
     elif m := _LLO.search(line):
       fusions[m.group(1)].instructions.append(int(m.group(2).replace(',', '')))
     elif m := _RETRY.search(line):
@@ -90,9 +100,18 @@ def summary(fusions: dict[str, Fusion]) -> dict:
   retried = {n: f for n, f in fusions.items() if f.retry_errors}
   errors = collections.Counter(re.sub(r'\d+', 'N', e) for f in retried.values()
                                for e in f.retry_errors)
+  emissions = [(end - seconds, end) for f in fusions.values()
+               for seconds, end in zip(f.seconds, f.ends)]
   return {
+      # Wall seconds from the first emission's start to the last one's end, and the threads
+      # that emitted: libtpu sizes its pool to the cores the process may run on.
+      'emit_span_s': (max(end for _, end in emissions) - min(start for start, _ in emissions)
+                      if emissions else 0.0),
+      'emit_threads': len(set().union(*(f.threads for f in fusions.values()))),
       'emit_thread_s': sum(sum(f.seconds) for f in fusions.values()),
       'fusions_emitted': len(fusions),
+      # No thread can split one fusion: the longest bounds the emission on any number of cores.
+      'longest_emit_s': max((sum(f.seconds) for f in fusions.values()), default=0.0),
       'llo_instructions': sum(sum(f.instructions) for f in fusions.values()),
       'retried_fusions': len(retried),
       # What the emissions that were thrown away cost: all but the last of each fusion.

@@ -100,6 +100,7 @@ class Compiled:
   lowered: Any           # jax.stages.Lowered
   lower_s: float
   compile_s: float
+  compile_cpu_s: float   # of every thread of this process: what more cores could spread
   flops: float           # of the whole step (all devices), from its HLO
 
 
@@ -130,16 +131,16 @@ def compile_steps(config: ml_collections.ConfigDict, devices: Sequence[jax.Devic
                         if name == 'train' else {}))
     start = time.perf_counter()
     lowered = jitted.lower(state, batch)
-    lowered_at = time.perf_counter()
+    lowered_at, cpu_at = time.perf_counter(), time.process_time()
     executable = lowered.compile()
-    compiled_at = time.perf_counter()
+    compiled_at, cpu_s = time.perf_counter(), time.process_time() - cpu_at
     # XLA:GPU has no cost analysis without a device; the step's HLO lowered for this
     # host's CPU has the same FLOPs.
     flops = (lowered.cost_analysis() or jax.jit(fn).lower(
         *jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
     ).cost_analysis() or {}).get('flops', 0.0)
     out.append(Compiled(name, executable, lowered, lowered_at - start,
-                        compiled_at - lowered_at, float(flops)))
+                        compiled_at - lowered_at, cpu_s, float(flops)))
   return model, out
 
 
@@ -185,7 +186,10 @@ def analyze(step: Compiled, devices: Sequence[jax.Device], batch_size: int) -> d
   record = {
       'step': step.name, 'devices': n, 'device_kind': devices[0].device_kind,
       'per_device_batch': per_device, 'lower_s': round(step.lower_s, 1),
-      'compile_s': round(step.compile_s, 1),
+      'compile_s': round(step.compile_s, 1), 'compile_cpu_s': round(step.compile_cpu_s, 1),
+      # The host cores this process may run on: the compile's seconds scale with them.
+      'host_cores': (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                     else os.cpu_count()),
       'argument_gb': memory.argument_size_in_bytes / 1e9,
       'output_gb': memory.output_size_in_bytes / 1e9,
       'alias_gb': memory.alias_size_in_bytes / 1e9,

@@ -155,6 +155,12 @@ def test_compile_time_profile_says_which_blocks_the_emission_went_to():
     assert r['emit_s_by_kind']['conv forward'] > 0 and r['emit_s_by_kind']['conv gradient'] > 0
     assert {'Stem', 'Mixed_5b', 'ReductionA', 'ReductionB'} <= set(r['emit_s_by_stage'])
     assert 0 <= r['retry_thread_s'] <= r['emit_thread_s']
+    # The emission's wall seconds: no less than its thread seconds spread over its threads,
+    # and inside the compile.
+    assert 1 <= r['emit_threads'] <= r['host_cores']
+    assert r['emit_thread_s'] / r['emit_threads'] - 0.01 <= r['emit_span_s'] < r['compile_s']
+    assert r['other_s'] == pytest.approx(r['compile_s'] - r['emit_span_s'])
+    assert r['projected_ratio']['112'] > 0
   assert {'InceptionResNetA', 'InceptionResNetB'} <= set(unrolled['emit_s_by_stage'])
   assert not any(s.startswith('scan:') for s in unrolled['emit_s_by_stage'])
   assert {'scan:InceptionResNetA', 'scan:InceptionResNetB'} <= set(scanned['emit_s_by_stage'])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import peers, step_time
+from benchmarks import compile_time, peers, step_time
 from inception_jax import models, ops
 from tests.util import REPO, subprocess_env
 
@@ -182,15 +182,20 @@ def test_gpu_check_bad_flags_give_one_line_errors(flag, message):
 COMPILE_TIME = os.path.join(REPO, 'benchmarks', 'compile_time.py')
 
 
-def test_compile_time_compares_settings_with_the_unrolled_step_and_restarts_from_cache():
+def _compile_time_eval(*flags: str) -> list[dict]:
+  """compile_time.py's records of a narrow network's eval step on this CPU."""
   # Two blocks per stage, so that a scanned body counted once shows in the FLOPs.
   proc = subprocess.run(
       [sys.executable, COMPILE_TIME, '--json', '--target=cpu', '--config=configs/default.py',
-       '--settings=scanned,scanned_low_effort', '--steps=eval', '--restart',
-       '--config.model.width_multiplier=0.125', '--config.model.repeats=(2,2,2)',
-       '--config.eval_batch_size=2'],
+       '--steps=eval', *flags, '--config.model.width_multiplier=0.125',
+       '--config.model.repeats=(2,2,2)', '--config.eval_batch_size=2'],
       env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
-  unrolled, scanned, low_effort = _records(proc)
+  return _records(proc)
+
+
+def test_compile_time_compares_settings_with_the_unrolled_step_and_restarts_from_cache():
+  unrolled, scanned, low_effort = _compile_time_eval('--settings=scanned,scanned_low_effort',
+                                                     '--restart')
   assert [(r['setting'], r['step'], r['scan_blocks'], r['remat'],
            r['exec_time_optimization_effort']) for r in (unrolled, scanned, low_effort)] == [
                ('unrolled', 'eval', False, False, 0.0), ('scanned', 'eval', True, False, 0.0),
@@ -204,8 +209,45 @@ def test_compile_time_compares_settings_with_the_unrolled_step_and_restarts_from
     assert r['compile_s'] > 0 and r['restart_compile_s'] > 0 and r['temp_gb'] >= 0
 
 
+@pytest.mark.skipif(len(compile_time.HOST_CORES) < 2, reason='needs two cores to pin to')
+def test_compile_time_pins_each_run_to_its_cores():
+  records = _compile_time_eval('--settings=scanned', '--cores=2,1')
+  # What the compiling process itself found it could run on.
+  assert [(r['setting'], r['host_cores']) for r in records] == [
+      ('unrolled', 2), ('scanned', 2), ('unrolled', 1), ('scanned', 1)]
+  for r in records:
+    base = next(b for b in records if (b['setting'], b['host_cores']) == ('unrolled',
+                                                                          r['host_cores']))
+    assert r['compile_ratio'] == r['compile_s'] / base['compile_s'] and r['compile_cpu_s'] > 0
+    if r['host_cores'] == 1:  # One core cannot give more CPU seconds than wall seconds.
+      assert r['compile_cpu_s'] <= r['compile_s'] + 0.2
+
+
+def test_compile_time_projects_the_emission_spread_over_cores_the_rest_as_measured():
+  # unrolled: 300 thread s of emission on 2 threads in 150 s, 100 s besides; 112 cores would
+  # spread it to 2.7 s, but one of its fusions took 5 s. scanned: 360 in 180, 25 besides.
+  made = {'unrolled': (250.0, 150.0, 300.0, 5.0), 'scanned': (205.0, 180.0, 360.0, 10.0)}
+  records = [dict(target='v5e:2x2', step='train', setting=setting, host_cores=2,
+                  compile_s=wall, compile_cpu_s=wall + emit, emit_span_s=span,
+                  emit_thread_s=emit, emit_threads=2, longest_emit_s=longest)
+             for setting, (wall, span, emit, longest) in made.items()]
+  records.append(dict(records[1], setting='scanned_remat', host_cores=1))  # No baseline...
+  del records[-1]['emit_span_s']                                            # ...not profiled.
+  compile_time.project_cores(records)
+  unrolled, scanned, unprofiled = records
+  assert scanned['other_s'] == 25.0 and scanned['other_cpu_s'] == 205.0
+  assert unrolled['projected_compile_s'] == pytest.approx({4: 175.0, 8: 137.5, 112: 105.0})
+  assert scanned['projected_compile_s'] == pytest.approx({4: 115.0, 8: 70.0, 112: 35.0})
+  assert scanned['projected_ratio'] == pytest.approx({4: 115 / 175, 8: 70 / 137.5,
+                                                      112: 35 / 105})
+  assert 'projected_compile_s' not in unprofiled
+  assert ('| v5e:2x2 | scanned | train | 2 | 205.0 | 180.0 (2) | 25.0 | 205.0 | 115.0 (0.66) '
+          '| 70.0 (0.51) | 35.0 (0.33) |') in compile_time.table(records)
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--settings=folded'], "argument --settings: 'folded' is invalid"),
+    (['--cores=0'], "argument --cores: '0' is invalid"),
     (['--target=v5e:2x2', '--restart'], '--restart needs --target=cpu, not v5e:2x2'),
     (['--batch=8'], 'unrecognized arguments: --batch=8'),
     (['--target=v5e:2x2,cpu', '--profile'], "--profile reads libtpu's log: it needs TPU targets, "
