@@ -126,7 +126,8 @@ def stage_table(records: list[dict]) -> list[list[str]]:
   """Emission thread seconds per block (rows) for each profiled record (columns)."""
   profiled = [r for r in records if 'emit_s_by_stage' in r]
   stages = list(dict.fromkeys(s for r in profiled for s in r['emit_s_by_stage']))
-  rows = [['emit thread s', *(f'{r["target"]} {r["setting"]} {r["step"]}' for r in profiled)]]
+  rows = [['emit thread s', *(f'{r["target"]} {r["setting"]} {r["step"]}, '
+                             f'{r["host_cores"]} cores' for r in profiled)]]
   for s in stages:
     rows.append([s, *(f'{r["emit_s_by_stage"].get(s, 0):.0f}' for r in profiled)])
   return rows

@@ -229,10 +229,11 @@ def test_compile_time_projects_the_emission_spread_over_cores_the_rest_as_measur
   made = {'unrolled': (250.0, 150.0, 300.0, 5.0), 'scanned': (205.0, 180.0, 360.0, 10.0)}
   records = [dict(target='v5e:2x2', step='train', setting=setting, host_cores=2,
                   compile_s=wall, compile_cpu_s=wall + emit, emit_span_s=span,
-                  emit_thread_s=emit, emit_threads=2, longest_emit_s=longest)
+                  emit_thread_s=emit, emit_threads=2, longest_emit_s=longest,
+                  emit_s_by_stage={'Stem': emit})
              for setting, (wall, span, emit, longest) in made.items()]
   records.append(dict(records[1], setting='scanned_remat', host_cores=1))  # No baseline...
-  del records[-1]['emit_span_s']                                            # ...not profiled.
+  del records[-1]['emit_span_s'], records[-1]['emit_s_by_stage']           # ...not profiled.
   compile_time.project_cores(records)
   unrolled, scanned, unprofiled = records
   assert scanned['other_s'] == 25.0 and scanned['other_cpu_s'] == 205.0
@@ -243,6 +244,8 @@ def test_compile_time_projects_the_emission_spread_over_cores_the_rest_as_measur
   assert 'projected_compile_s' not in unprofiled
   assert ('| v5e:2x2 | scanned | train | 2 | 205.0 | 180.0 (2) | 25.0 | 205.0 | 115.0 (0.66) '
           '| 70.0 (0.51) | 35.0 (0.33) |') in compile_time.table(records)
+  assert ('| emit thread s | v5e:2x2 unrolled train, 2 cores | v5e:2x2 scanned train, 2 cores |\n'
+          '|---|---|---|\n| Stem | 300 | 360 |') in compile_time.table(records)
 
 
 @pytest.mark.parametrize('flags, message', [
