@@ -53,8 +53,9 @@ SETTINGS = {'unrolled': (False, False, None), 'scanned': (True, False, None),
             'scanned_remat': (True, True, None), 'unrolled_remat': (False, True, None),
             'scanned_low_effort': (True, False, -1.0)}
 # Hosts a profiled compile is projected to: a laptop's 4 or 8 cores, and the 112 vCPUs of the
-# TPU VM that compiles for a v5e:2x2 slice (ct5lp-hightpu-4t, Cloud TPU's v5e page).
-PROJECT_CORES = (4, 8, 112)
+# TPU VM that compiles for a v5e:2x2 slice (ct5lp-hightpu-4t, Cloud TPU's v5e page). Strings:
+# the records' keys, as JSON gives them back.
+PROJECT_CORES = ('4', '8', '112')
 COLUMNS = (
     ('target', 'target', '{}'), ('setting', 'setting', '{}'), ('step', 'step', '{}'),
     ('cores', 'host_cores', '{}'),
@@ -167,7 +168,7 @@ def project_cores(records: list[dict]) -> None:
       r['other_s'] = r['compile_s'] - r['emit_span_s']
       r['other_cpu_s'] = r['compile_cpu_s'] - r['emit_thread_s']
       r['projected_compile_s'] = {
-          n: r['other_s'] + max(r['emit_thread_s'] / n, r['longest_emit_s'])
+          n: r['other_s'] + max(r['emit_thread_s'] / int(n), r['longest_emit_s'])
           for n in PROJECT_CORES}
   base = {(r['target'], r['step'], r['host_cores']): r['projected_compile_s']
           for r in records if r['setting'] == 'unrolled' and 'projected_compile_s' in r}

@@ -237,10 +237,14 @@ def test_compile_time_projects_the_emission_spread_over_cores_the_rest_as_measur
   compile_time.project_cores(records)
   unrolled, scanned, unprofiled = records
   assert scanned['other_s'] == 25.0 and scanned['other_cpu_s'] == 205.0
-  assert unrolled['projected_compile_s'] == pytest.approx({4: 175.0, 8: 137.5, 112: 105.0})
-  assert scanned['projected_compile_s'] == pytest.approx({4: 115.0, 8: 70.0, 112: 35.0})
-  assert scanned['projected_ratio'] == pytest.approx({4: 115 / 175, 8: 70 / 137.5,
-                                                      112: 35 / 105})
+  assert unrolled['projected_compile_s'] == pytest.approx({'4': 175.0, '8': 137.5,
+                                                           '112': 105.0})
+  assert scanned['projected_compile_s'] == pytest.approx({'4': 115.0, '8': 70.0, '112': 35.0})
+  assert scanned['projected_ratio'] == pytest.approx({'4': 115 / 175, '8': 70 / 137.5,
+                                                      '112': 35 / 105})
+  # The table reads records back from JSON (--out) as well as in process.
+  reread = [json.loads(json.dumps(r)) for r in records]
+  assert compile_time.table(reread) == compile_time.table(records)
   assert 'projected_compile_s' not in unprofiled
   assert ('| v5e:2x2 | scanned | train | 2 | 205.0 | 180.0 (2) | 25.0 | 205.0 | 115.0 (0.66) '
           '| 70.0 (0.51) | 35.0 (0.33) |') in compile_time.table(records)
