@@ -35,9 +35,6 @@ import subprocess
 import sys
 import tempfile
 
-# The cores this process may run on (where it cannot be pinned, all of them).
-HOST_CORES = sorted(os.sched_getaffinity(0) if hasattr(os, 'sched_getaffinity')
-                    else range(os.cpu_count() or 1))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
@@ -52,6 +49,7 @@ from inception_jax import aot
 SETTINGS = {'unrolled': (False, False, None), 'scanned': (True, False, None),
             'scanned_remat': (True, True, None), 'unrolled_remat': (False, True, None),
             'scanned_low_effort': (True, False, -1.0)}
+HOST_CORES = aot.host_cores()
 # Hosts a profiled compile is projected to: a laptop's 4 or 8 cores, and the 112 vCPUs of the
 # TPU VM that compiles for a v5e:2x2 slice (ct5lp-hightpu-4t, Cloud TPU's v5e page). Strings:
 # the records' keys, as JSON gives them back.
@@ -145,12 +143,20 @@ def compile_setting(args, overrides: list[str], target: str, setting: str,
   return records
 
 
+def unrolled_of(records: list[dict]) -> dict[tuple, dict]:
+  """The unrolled record of each target, step and core count: what the others compare to."""
+  return {baseline_key(r): r for r in records if r['setting'] == 'unrolled'}
+
+
+def baseline_key(record: dict) -> tuple:
+  return record['target'], record['step'], record['host_cores']
+
+
 def against_baseline(records: list[dict]) -> None:
-  """Adds each record's ratios to the unrolled record of its target and step."""
-  base = {(r['target'], r['step'], r['host_cores']): r for r in records
-          if r['setting'] == 'unrolled'}
+  """Adds each record's ratios to the unrolled record of its target, step and cores."""
+  base = unrolled_of(records)
   for r in records:
-    b = base[(r['target'], r['step'], r['host_cores'])]
+    b = base[baseline_key(r)]
     r['compile_ratio'] = r['compile_s'] / b['compile_s']
     r['temp_ratio'] = r['temp_gb'] / b['temp_gb'] if b['temp_gb'] else float('nan')
     if r['setting'] != 'unrolled':  # A loop's body is counted once: the unrolled step's.
@@ -170,11 +176,10 @@ def project_cores(records: list[dict]) -> None:
       r['projected_compile_s'] = {
           n: r['other_s'] + max(r['emit_thread_s'] / int(n), r['longest_emit_s'])
           for n in PROJECT_CORES}
-  base = {(r['target'], r['step'], r['host_cores']): r['projected_compile_s']
-          for r in records if r['setting'] == 'unrolled' and 'projected_compile_s' in r}
+  base = unrolled_of(records)
   for r in records:
     if 'projected_compile_s' in r:
-      b = base[(r['target'], r['step'], r['host_cores'])]
+      b = base[baseline_key(r)]['projected_compile_s']
       r['projected_ratio'] = {n: r['projected_compile_s'][n] / b[n] for n in PROJECT_CORES}
 
 

@@ -171,6 +171,13 @@ def collectives(hlo: str) -> dict[str, dict[str, Any]]:
   return found
 
 
+def host_cores() -> list[int]:
+  """The cores this process may run on (where it cannot be pinned, all of them)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return sorted(os.sched_getaffinity(0))
+  return list(range(os.cpu_count() or 1))
+
+
 def analyze(step: Compiled, devices: Sequence[jax.Device], batch_size: int) -> dict[str, Any]:
   """Per device: memory, FLOPs, bytes accessed, a roofline, the collectives and kernels."""
   n = len(devices)
@@ -187,9 +194,8 @@ def analyze(step: Compiled, devices: Sequence[jax.Device], batch_size: int) -> d
       'step': step.name, 'devices': n, 'device_kind': devices[0].device_kind,
       'per_device_batch': per_device, 'lower_s': round(step.lower_s, 1),
       'compile_s': round(step.compile_s, 1), 'compile_cpu_s': round(step.compile_cpu_s, 1),
-      # The host cores this process may run on: the compile's seconds scale with them.
-      'host_cores': (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-                     else os.cpu_count()),
+      # The compile's seconds scale with the host's cores.
+      'host_cores': len(host_cores()),
       'argument_gb': memory.argument_size_in_bytes / 1e9,
       'output_gb': memory.output_size_in_bytes / 1e9,
       'alias_gb': memory.alias_size_in_bytes / 1e9,
